@@ -1,0 +1,117 @@
+"""Query groups as flat arrays plus offsets, and padded batches of them.
+
+A ``RankingSet`` holds one split with the schema applied: model inputs, the
+main label and the auxiliary grades per item, concatenated over groups.
+Batches are built by index, padded to the longest group of the batch, and
+bucketed by length so that little compute goes to padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .letor import DataError, LetorFile, load_split
+from .objectives import Schema
+
+
+@dataclass
+class RankingSet:
+    features: np.ndarray  # (n_items, F_in) float32
+    main: np.ndarray  # (n_items,) float32 relevance labels
+    aux: np.ndarray  # (n_items, K) float32 grades
+    offsets: np.ndarray  # (n_groups + 1,) int64
+    qids: np.ndarray  # (n_groups,)
+    objectives: list[str]
+    ref: np.ndarray | None = None  # (n_items,) frozen base scores, filled by the trainer
+
+    def __len__(self) -> int:
+        return len(self.qids)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def from_letor(cls, lf: LetorFile, schema: Schema) -> "RankingSet":
+        if lf.n_features != schema.n_features:
+            raise DataError(lf.path, f"has {lf.n_features} features but the model's schema expects {schema.n_features}")
+        uniq, first, inverse = np.unique(lf.qid, return_index=True, return_inverse=True)
+        by_first = np.argsort(first, kind="stable")
+        order_q = uniq[by_first]
+        rank = np.argsort(by_first)[inverse]  # group index of every row, in file order of queries
+        order = np.argsort(rank, kind="stable")
+        X = lf.X[order]
+        sizes = np.bincount(rank, minlength=len(order_q))
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        feats = np.ascontiguousarray(X[:, np.asarray(schema.inputs) - 1], dtype=np.float32)
+        aux = np.stack([o.grades(X, schema.max_grade) for o in schema.objectives], axis=1) if schema.objectives \
+            else np.zeros((len(X), 0), np.float32)
+        return cls(feats, lf.y[order].astype(np.float32), aux.astype(np.float32), offsets, order_q,
+                   schema.objective_names)
+
+    @classmethod
+    def load(cls, path, split: str, schema: Schema, seed: int = 0) -> "RankingSet":
+        lf = load_split(path, split, seed=seed, n_features=schema.n_features, max_label=schema.max_label)
+        return cls.from_letor(lf, schema)
+
+    def _index(self, groups):
+        """Item index (B, L) of each padded slot, and the mask of real slots."""
+        groups = np.asarray(groups, dtype=np.int64)
+        starts, sizes = self.offsets[groups], self.sizes[groups]
+        col = np.arange(int(sizes.max()) if len(groups) else 0)
+        mask = col[None, :] < sizes[:, None]
+        return np.where(mask, starts[:, None] + col[None, :], 0), mask
+
+    def batch(self, groups, device=None) -> dict[str, torch.Tensor]:
+        """Padded tensors for the given group indices.
+
+        ``x`` (B, L, F), ``mask`` (B, L), ``main`` (B, L), ``aux`` (B, L, K),
+        and ``ref`` (B, L) when base scores are attached.
+        """
+        idx, mask = self._index(groups)
+        out = {
+            "x": torch.from_numpy(self.features[idx] * mask[..., None]),
+            "mask": torch.from_numpy(mask),
+            "main": torch.from_numpy(self.main[idx] * mask),
+            "aux": torch.from_numpy(self.aux[idx] * mask[..., None]),
+        }
+        if self.ref is not None:
+            out["ref"] = torch.from_numpy(self.ref[idx] * mask)
+        if device is not None:
+            out = {k: v.to(device) for k, v in out.items()}
+        return out
+
+    def epoch_batches(self, batch_size: int, seed: int, epoch: int, bucket: int = 50) -> list[np.ndarray]:
+        """Deterministic batches for one epoch, bucketed by group length.
+
+        Groups are shuffled with (seed, epoch), cut into chunks of
+        ``bucket`` batches, sorted by size within a chunk, batched, and the
+        batches shuffled again: batches hold groups of similar length
+        (little padding) while the epoch stays random. Resuming re-creates
+        exactly the same order.
+        """
+        rng = np.random.default_rng([seed, epoch])
+        perm = rng.permutation(len(self))
+        chunk = batch_size * bucket
+        batches = []
+        for i in range(0, len(perm), chunk):
+            part = perm[i:i + chunk]
+            part = part[np.argsort(self.sizes[part], kind="stable")]
+            batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+        order = rng.permutation(len(batches))
+        return [batches[i] for i in order]
+
+    def eval_batches(self, batch_size: int) -> list[np.ndarray]:
+        """Fixed batches in length order, for inference."""
+        order = np.argsort(self.sizes, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def pad(self, flat: np.ndarray, fill: float = 0.0):
+        """Per-item values (n_items, ...) -> (n_groups, max_size, ...) and the mask."""
+        idx, mask = self._index(np.arange(len(self)))
+        out = flat[idx]
+        out[~mask] = fill
+        return out, mask

@@ -1,0 +1,117 @@
+"""Scoring a dataset and measuring a conditioned ranker's Pareto front.
+
+The base model's scores do not depend on w, so they are computed once and
+fed to the conditioned model for every weight vector of the grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.groups import RankingSet
+from .metrics import hypervolume, mean_ndcg, ndcg_per_group, weight_grid
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def score_base(model, data: RankingSet, batch_size: int = 256) -> np.ndarray:
+    """Scores of an unconditioned ranker for every item (flat, in data order)."""
+    model.eval()
+    out = np.zeros(len(data.main), dtype=np.float32)
+    for groups in data.eval_batches(batch_size):
+        b = data.batch(groups, _device(model))
+        s = model(b["x"], b["mask"])
+        out[_flat_index(data, groups)] = s[b["mask"]].float().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def score_conditioned(model, data: RankingSet, weights, base: np.ndarray | None = None,
+                      batch_size: int = 256) -> np.ndarray:
+    """Scores (M, n_items) of a conditioned ranker under each of M weight vectors."""
+    model.eval()
+    weights = np.atleast_2d(np.asarray(weights, dtype=np.float32))
+    base = score_base(model.base, data, batch_size) if base is None else base
+    out = np.zeros((len(weights), len(data.main)), dtype=np.float32)
+    dev = _device(model)
+    for groups in data.eval_batches(batch_size):
+        b = data.batch(groups, dev)
+        flat = _flat_index(data, groups)
+        ref = torch.zeros_like(b["main"])
+        ref[b["mask"]] = torch.from_numpy(base[flat]).to(dev)
+        for m, w in enumerate(weights):
+            s = model(b["x"], b["mask"], torch.from_numpy(w).to(dev), base_scores=ref)
+            out[m, flat] = s[b["mask"]].float().cpu().numpy()
+    return out
+
+
+def _flat_index(data: RankingSet, groups) -> np.ndarray:
+    """Item indices of ``groups`` in the row-major order of their mask."""
+    return np.concatenate([np.arange(data.offsets[g], data.offsets[g + 1]) for g in groups])
+
+
+def ndcg_report(data: RankingSet, scores: np.ndarray, k: int = 10, empty: str = "skip") -> dict:
+    """Mean NDCG@k of the main label and of every auxiliary objective."""
+    s, mask = data.pad(scores)
+    main, _ = data.pad(data.main)
+    aux, _ = data.pad(data.aux)
+    return {
+        "main": mean_ndcg(ndcg_per_group(s, main, mask, k), empty),
+        "aux": [mean_ndcg(ndcg_per_group(s, aux[..., j], mask, k), empty) for j in range(aux.shape[-1])],
+    }
+
+
+def ranker_front(model, data: RankingSet, grid=None, k: int = 10, reference=None, empty: str = "skip",
+                 batch_size: int = 256) -> dict:
+    """The front of a conditioned ranker on ``data``: everything ``front.json`` holds."""
+    K = model.n_objectives
+    grid = weight_grid(K) if grid is None else np.asarray(grid, dtype=np.float64)
+    ref_point = np.zeros(K) if reference is None else np.asarray(reference, dtype=np.float64)
+    if ref_point.shape != (K,):
+        raise ValueError(f"the reference point needs {K} values, got {ref_point.tolist()}")
+    base = score_base(model.base, data, batch_size)
+    base_rep = ndcg_report(data, base, k, empty)
+    reports = [ndcg_report(data, s, k, empty) for s in score_conditioned(model, data, grid, base, batch_size)]
+    points = np.array([r["aux"] for r in reports])
+    mains = np.array([r["main"] for r in reports])
+    return {
+        "objectives": list(model.schema.objective_names),
+        "k": k,
+        "empty_groups": empty,
+        "n_queries": len(data),
+        "weights": grid.tolist(),
+        "points": points.tolist(),
+        "hypervolume": hypervolume(points, ref_point),
+        "reference_point": ref_point.tolist(),
+        "main_ndcg": {"mean": float(mains.mean()), "std": float(mains.std()), "values": mains.tolist()},
+        "base_point": base_rep["aux"],
+        "base_main_ndcg": base_rep["main"],
+        "base_hypervolume": hypervolume([base_rep["aux"]], ref_point),
+    }
+
+
+def front_job(model_dir, data, out, split: str = "test", grid: int | None = None, grid_kind: str = "lattice",
+              k: int = 10, reference=None, empty: str = "skip", split_seed: int = 0) -> dict:
+    """Load a conditioned ranker, measure its front on a split, write front.json and front.png."""
+    from ..atomic import write_json
+    from ..models.ranker import ConditionedRanker, load_ranker
+    from .plot import plot_fronts
+
+    model = load_ranker(model_dir)
+    if not isinstance(model, ConditionedRanker):
+        raise ValueError(f"{model_dir} holds a {model.kind} ranker; a front needs a fine-tuned (conditioned) one")
+    weights = weight_grid(model.n_objectives, grid, grid_kind, split_seed)
+    test = RankingSet.load(data, split, model.schema, split_seed)
+    front = ranker_front(model, test, weights, k, reference, empty) | {
+        "model": str(model_dir), "data": str(data), "split": split}
+    out = Path(out)
+    write_json(out / "front.json", front)
+    plot_fronts({"Weight-COS-DPO": front}, out / "front.png",
+                title=f"Pareto front on {Path(str(data)).name} ({split}), HV {front['hypervolume']:.4g}")
+    return front

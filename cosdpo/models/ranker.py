@@ -1,0 +1,206 @@
+"""List scorers: the base ranker and the w-conditioned ranker.
+
+Both are small transformers over the items of a group (self-attention lets
+a document's score depend on its competitors), saved as a folder with
+``config.json`` and ``model.safetensors``: no pickle, loadable anywhere.
+
+The conditioned ranker always carries its frozen base, because serving
+needs s_base too (the reference of the implicit reward, and the anchor of
+post-training temperature control). Two parametrisations (METHOD 3):
+
+- ``scratch``: s(x, w) is a fresh transformer on [x, w];
+- ``augment``: s(x, w) = s_base(x) + delta(x, w) with delta's output layer
+  zero-initialised, so training starts exactly at the base model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..atomic import atomic_dir, write_json
+from ..data.objectives import Schema
+
+PARAMETRISATIONS = ("scratch", "augment")
+
+
+def signed_log1p(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+class FeatureNorm(nn.Module):
+    """sign(x) log(1 + |x|), then standardise with statistics of the training set.
+
+    LETOR features span 0..1e7; the log squashes the heavy tails, and the
+    statistics are buffers so they travel with the weights.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, features: np.ndarray):
+        z = signed_log1p(torch.from_numpy(np.asarray(features, dtype=np.float32)))
+        self.mean.copy_(z.mean(0))
+        self.std.copy_(z.std(0).clamp_min(1e-6))
+
+    def forward(self, x):
+        return (signed_log1p(x) - self.mean) / self.std
+
+
+@dataclass
+class ScorerConfig:
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    ff_mult: int = 2
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if min(self.d_model, self.n_layers, self.n_heads, self.ff_mult) < 1:
+            raise ValueError("d_model, n_layers, n_heads and ff_mult must be >= 1")
+
+
+class ListTransformer(nn.Module):
+    """Scores every item of a padded group; padded items never reach real ones."""
+
+    def __init__(self, in_dim: int, cfg: ScorerConfig):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, cfg.d_model)
+        layer = nn.TransformerEncoderLayer(
+            cfg.d_model, cfg.n_heads, cfg.ff_mult * cfg.d_model, cfg.dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, 1)
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(torch.relu(self.proj(z)), src_key_padding_mask=~mask)
+        return self.head(self.norm(h)).squeeze(-1).masked_fill(~mask, 0.0)
+
+
+class BaseRanker(nn.Module):
+    kind = "base"
+
+    def __init__(self, schema: Schema, cfg: ScorerConfig | None = None):
+        super().__init__()
+        self.schema, self.cfg = schema, cfg or ScorerConfig()
+        self.norm = FeatureNorm(len(schema.inputs))
+        self.net = ListTransformer(len(schema.inputs), self.cfg)
+
+    def forward(self, x, mask):
+        return self.net(self.norm(x), mask)
+
+    def config_dict(self) -> dict:
+        return {"kind": self.kind, "schema": self.schema.to_dict(), "scorer": asdict(self.cfg)}
+
+
+class ConditionedRanker(nn.Module):
+    """s_theta(x, w): conditioned on the weight vector (and, later, temperatures)."""
+
+    kind = "conditioned"
+
+    def __init__(self, base: BaseRanker, schema: Schema, cfg: ScorerConfig | None = None,
+                 parametrisation: str = "augment", beta: float = 1.0):
+        super().__init__()
+        if parametrisation not in PARAMETRISATIONS:
+            raise ValueError(f"parametrisation must be one of {PARAMETRISATIONS}, got {parametrisation!r}")
+        if list(base.schema.inputs) != list(schema.inputs):
+            raise ValueError("the base ranker and the fine-tuning schema use different input features")
+        self.schema, self.cfg = schema, cfg or ScorerConfig(d_model=64)
+        self.parametrisation, self.beta = parametrisation, float(beta)
+        self.base = base.requires_grad_(False).eval()
+        self.net = ListTransformer(len(schema.inputs) + self.n_objectives, self.cfg)
+        if parametrisation == "augment":
+            nn.init.zeros_(self.net.head.weight)
+            nn.init.zeros_(self.net.head.bias)
+
+    @property
+    def n_objectives(self) -> int:
+        return len(self.schema.objectives)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.base.eval()  # frozen reference: never dropout
+        return self
+
+    def base_scores(self, x, mask):
+        with torch.no_grad():
+            return self.base(x, mask)
+
+    def forward(self, x, mask, w, base_scores=None):
+        """Scores under weights ``w`` ((K,) shared or (B, K) per group).
+
+        ``base_scores`` may be passed in when they were computed once for the
+        whole dataset (the base is frozen, so they never change).
+        """
+        B, L, _ = x.shape
+        w = w.to(x.dtype)
+        w = w.expand(B, -1) if w.dim() == 1 else w
+        z = torch.cat([self.base.norm(x), w[:, None, :].expand(B, L, -1)], dim=-1)
+        out = self.net(z, mask)
+        if self.parametrisation == "augment":
+            if base_scores is None:
+                base_scores = self.base_scores(x, mask)
+            out = out + base_scores
+        return out.masked_fill(~mask, 0.0)
+
+    def config_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "schema": self.schema.to_dict(),
+            "scorer": asdict(self.cfg),
+            "parametrisation": self.parametrisation,
+            "beta": self.beta,
+            "base": self.base.config_dict(),
+        }
+
+
+def save_ranker(model: nn.Module, out_dir, extra: dict | None = None):
+    """Write ``config.json`` + ``model.safetensors`` atomically into ``out_dir``."""
+    config = model.config_dict() | {"format": "cosdpo-ranker", "version": 1} | (extra or {})
+    with atomic_dir(out_dir) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        write_json(tmp / "config.json", config)
+
+
+def build_ranker(config: dict) -> nn.Module:
+    if config.get("format") not in (None, "cosdpo-ranker"):
+        raise ValueError(f"not a cosdpo ranker folder (format {config.get('format')!r})")
+    schema = Schema.from_dict(config["schema"])
+    if config["kind"] == "base":
+        return BaseRanker(schema, ScorerConfig(**config["scorer"]))
+    if config["kind"] == "conditioned":
+        base = build_ranker(config["base"])
+        return ConditionedRanker(base, schema, ScorerConfig(**config["scorer"]), config["parametrisation"],
+                                 config["beta"])
+    raise ValueError(f"unknown ranker kind {config['kind']!r}")
+
+
+def load_ranker(model_dir) -> nn.Module:
+    """Load a ranker folder written by ``save_ranker`` (eval mode)."""
+    model_dir = Path(model_dir)
+    cfg_path, weights = model_dir / "config.json", model_dir / "model.safetensors"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model folder (needs config.json and model.safetensors)")
+    config = json.loads(cfg_path.read_text())
+    model = build_ranker(config)
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval()
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,49 @@
+"""Scoring a candidate list under a chosen trade-off, after training."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .evaluation.metrics import check_simplex
+from .models.ranker import BaseRanker, ConditionedRanker
+
+
+def _inputs(model, items) -> torch.Tensor:
+    X = np.asarray(items, dtype=np.float32)
+    if X.ndim != 2:
+        raise ValueError(f"items must be a 2-D array (n_items, n_features), got shape {X.shape}")
+    schema = model.schema
+    if X.shape[1] == schema.n_features:
+        X = X[:, np.asarray(schema.inputs) - 1]
+    elif X.shape[1] != len(schema.inputs):
+        raise ValueError(f"items have {X.shape[1]} features; the model takes either the full LETOR row "
+                         f"({schema.n_features}) or its {len(schema.inputs)} input features")
+    return torch.from_numpy(np.ascontiguousarray(X))[None]
+
+
+@torch.no_grad()
+def score_items(model, items, w=None) -> np.ndarray:
+    """Scores of one candidate list: ``items`` is (n_items, n_features).
+
+    For a conditioned model ``w`` is the trade-off (K weights on the
+    simplex); a base model takes no ``w``.
+    """
+    x = _inputs(model, items)
+    mask = torch.ones(x.shape[:2], dtype=torch.bool)
+    model.eval()
+    if isinstance(model, BaseRanker):
+        if w is not None:
+            raise ValueError("a base ranker is not conditioned: pass no weights")
+        return model(x, mask)[0].numpy()
+    if not isinstance(model, ConditionedRanker):
+        raise TypeError(f"cannot score with a {type(model).__name__}")
+    if w is None:
+        raise ValueError(f"a conditioned ranker needs weights for its objectives {model.schema.objective_names}")
+    w = torch.from_numpy(check_simplex(w, model.n_objectives).astype(np.float32))
+    return model(x, mask, w)[0].numpy()
+
+
+def rank_items(model, items, w=None) -> np.ndarray:
+    """Item indices, best first."""
+    return np.argsort(-score_items(model, items, w), kind="stable")

@@ -1,0 +1,218 @@
+"""One training loop for every ranking job, on Accelerate.
+
+The same code runs as one CPU process or under ``accelerate launch`` on
+several processes or GPUs. A *task* supplies what differs between jobs:
+
+- ``terms(model, batch, step) -> (sums, counts)``: per-objective loss sums
+  over the process's groups, and how many groups counted;
+- ``combine(L, step) -> scalar``: the objective of the whole step from the
+  per-objective mean losses L (ListNet: L[0]; Weight-COS: w.L - lambda cos);
+- ``validate(model) -> float``: higher is better, for early stopping.
+
+Why sums and counts: every process reduces them, so L is the mean over the
+*global* batch, and each process back-propagates the linearisation
+``world * sum_k dF/dL_k * sums_k / counts_k``. After DDP averages gradients
+this is exactly the gradient of F(L) on the global batch, so N processes
+with a share each take the same step as one process with everything, even
+though the cosine penalty is not linear in L.
+
+Checkpoints (``checkpoint/`` in the output folder) hold the model, the best
+model so far, the optimizer and the trainer state, all in safetensors and
+JSON (no pickle), written atomically at every epoch end and every
+``checkpoint_every`` steps. The batch order of an epoch and the weights
+drawn at a step depend only on (seed, epoch, step), so ``resume`` continues
+exactly where the checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..atomic import atomic_dir, recover_dir, write_json
+from ..data.groups import RankingSet
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    patience: int = 5  # epochs without a better validation score; 0 turns early stopping off
+    val_every: int = 1  # epochs
+    checkpoint_every: int = 0  # steps; 0 = at epoch ends only
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "val_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("patience", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0")
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs finished
+    step_in_epoch: int = 0  # batches of the current epoch already taken
+    global_step: int = 0
+    best: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    seconds: float = 0.0  # training wall time, summed over resumed runs
+    stopped_early: bool = False
+    history: list = field(default_factory=list)
+
+
+def _flatten_optimizer(opt_state: dict):
+    tensors, meta = {}, {"param_groups": opt_state["param_groups"], "state": {}}
+    for pid, st in opt_state["state"].items():
+        meta["state"][str(pid)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                meta["state"][str(pid)][k] = v
+    return tensors, meta
+
+
+def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
+    state = {int(pid): dict(extra) for pid, extra in meta["state"].items()}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        state[int(pid)][k] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(path: Path, model, best_state, optimizer, state: TrainState, job: dict):
+    with atomic_dir(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        if best_state is not None:
+            save_file(best_state, str(tmp / "best.safetensors"))
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        save_file(opt_tensors | {"__torch_rng__": torch.get_rng_state()}, str(tmp / "optimizer.safetensors"))
+        write_json(tmp / "optimizer.json", opt_meta)
+        write_json(tmp / "state.json", {"state": asdict(state), "job": job})
+
+
+def load_checkpoint(path: Path, model, optimizer, job: dict):
+    found = recover_dir(path)
+    if found is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {path.parent}")
+    saved = json.loads((found / "state.json").read_text())
+    if saved["job"] != job:
+        diff = sorted(k for k in set(job) | set(saved["job"]) if job.get(k) != saved["job"].get(k))
+        raise ValueError(f"--resume: the checkpoint in {found} was made with different settings: {diff}")
+    model.load_state_dict(load_file(str(found / "model.safetensors")))
+    opt_tensors = load_file(str(found / "optimizer.safetensors"))
+    torch.set_rng_state(opt_tensors.pop("__torch_rng__"))
+    optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, json.loads((found / "optimizer.json").read_text())))
+    best = found / "best.safetensors"
+    best_state = load_file(str(best)) if best.exists() else None
+    return TrainState(**saved["state"]), best_state
+
+
+def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict, resume: bool = False,
+          accelerator: Accelerator | None = None, desc: str = "train") -> TrainState:
+    """Train ``model`` in place; on return it holds the best validated weights."""
+    acc = accelerator or Accelerator()
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / CHECKPOINT
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state, best_state = TrainState(), None
+    if resume:
+        state, best_state = load_checkpoint(ckpt_path, model, optimizer, job)
+    ddp_model, optimizer = acc.prepare(model, optimizer)
+    world, rank = acc.num_processes, acc.process_index
+    n_batches = len(data.epoch_batches(cfg.batch_size, cfg.seed, 0))
+
+    def checkpoint():
+        if acc.is_main_process:
+            save_checkpoint(ckpt_path, model, best_state, optimizer.optimizer, state, job)
+        acc.wait_for_everyone()
+
+    bar = tqdm(total=cfg.epochs * n_batches, initial=state.epoch * n_batches + state.step_in_epoch, desc=desc,
+               disable=not (cfg.progress and acc.is_local_main_process), dynamic_ncols=True)
+    while state.epoch < cfg.epochs and not state.stopped_early:
+        t0 = time.perf_counter()
+        batches = data.epoch_batches(cfg.batch_size, cfg.seed, state.epoch)
+        ddp_model.train()
+        running = []
+        for groups in batches[state.step_in_epoch:]:
+            if len(groups) >= world:  # a process with no groups could not join the gradient sync
+                running.append(_step(ddp_model, task, data, groups[rank::world], state.global_step, acc,
+                                     optimizer, trainable, cfg.grad_clip))
+            state.step_in_epoch += 1
+            state.global_step += 1
+            bar.update(1)
+            if running:
+                bar.set_postfix(loss=f"{np.mean(running[-20:]):.4f}", refresh=False)
+            if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
+                state.seconds += time.perf_counter() - t0
+                checkpoint()
+                t0 = time.perf_counter()
+        state.epoch += 1
+        state.step_in_epoch = 0
+        record = {"epoch": state.epoch, "step": state.global_step,
+                  "train_loss": float(np.mean(running)) if running else None}
+        if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
+            model.eval()
+            score = float(task.validate(model))
+            record["val"] = score
+            if score > state.best or best_state is None:
+                state.best, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            else:
+                state.bad_epochs += 1
+                if cfg.patience and state.bad_epochs >= cfg.patience:
+                    state.stopped_early = True
+        state.seconds += time.perf_counter() - t0
+        record["seconds"] = round(state.seconds, 3)
+        state.history.append(record)
+        if not bar.disable:
+            bar.write(f"{desc} epoch {state.epoch}: " + ", ".join(
+                f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float)))
+        checkpoint()
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return state
+
+
+def _step(model, task, data, groups, step, acc, optimizer, trainable, grad_clip) -> float:
+    batch = data.batch(groups, acc.device)
+    sums, counts = task.terms(model, batch, step)
+    g_sums = acc.reduce(sums.detach().clone(), "sum")
+    g_counts = acc.reduce(counts.detach().to(sums.dtype).clone(), "sum")
+    losses = (g_sums / g_counts.clamp_min(1)).requires_grad_(True)
+    total = task.combine(losses, step)
+    (coef,) = torch.autograd.grad(total, losses)
+    surrogate = acc.num_processes * (coef * sums / g_counts.clamp_min(1)).sum()
+    acc.backward(surrogate)
+    if grad_clip:
+        acc.clip_grad_norm_(trainable, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(total.detach())

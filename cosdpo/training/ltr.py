@@ -1,0 +1,229 @@
+"""Ranking recipes: train the base ranker, fine-tune it with Weight-COS-DPO.
+
+Each job has one config dataclass, validated when built, so a bad option
+fails before any data is read. A recipe wires data, model, task and the
+shared training loop, then writes a model folder (config.json +
+model.safetensors), ``metrics.json`` and ``train_log.json`` to ``out``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from ..atomic import write_json
+from ..data.groups import RankingSet
+from ..data.letor import dataset_width
+from ..data.objectives import Schema, check_grade_spec, make_schema
+from ..evaluation.front import ndcg_report, ranker_front, score_base
+from ..evaluation.metrics import weight_grid
+from ..losses import TRANSFORMS, lipo, listnet, weight_cos
+from ..models.ranker import (PARAMETRISATIONS, BaseRanker, ConditionedRanker, ScorerConfig, count_trainable,
+                             load_ranker, save_ranker)
+from .loop import TrainConfig, TrainState, train
+
+# settings that may change when a run is resumed
+RESUMABLE = ("epochs", "progress", "patience", "checkpoint_every")
+
+
+@dataclass
+class ScorerOptions:
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    dropout: float = 0.1
+
+    def scorer(self) -> ScorerConfig:
+        return ScorerConfig(self.d_model, self.n_layers, self.n_heads, dropout=self.dropout)
+
+
+@dataclass
+class BaseConfig(TrainConfig, ScorerOptions):
+    """Base ranker: ListNet on the relevance label.
+
+    ``exclude`` names the objectives you will fine-tune on later; in a
+    non-MSLR file their features must leave the input now (MSLR's 132..136
+    are never inputs).
+    """
+
+    exclude: tuple[str, ...] = ()
+    max_label: int = 4
+    split_seed: int = 0
+    k: int = 10
+
+    def __post_init__(self):
+        TrainConfig.__post_init__(self)
+        self.scorer()
+        self.exclude = tuple(self.exclude)
+        if self.max_label < 1 or self.k < 1:
+            raise ValueError("max_label and k must be >= 1")
+
+
+@dataclass
+class FinetuneConfig(TrainConfig, ScorerOptions):
+    """Weight-COS-DPO: one ranker conditioned on w for every trade-off."""
+
+    objectives: tuple[str, ...] = ()
+    grades: dict = field(default_factory=dict)
+    alpha: float = 1.0  # Dirichlet concentration of the w drawn per step
+    penalty: float = 0.5  # lambda of the cosine penalty
+    beta: float = 1.0  # DPO temperature
+    param: str = "augment"
+    transform: str = "softmax"
+    d_model: int = 64
+    split_seed: int = 0
+    val_grid: int = 5
+    k: int = 10
+
+    def __post_init__(self):
+        TrainConfig.__post_init__(self)
+        self.scorer()
+        self.objectives = tuple(o.strip() for o in self.objectives)
+        if not self.objectives or not all(self.objectives):
+            raise ValueError("name at least one objective to fine-tune on (e.g. quality1,url_clicks)")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"an objective is named twice: {list(self.objectives)}")
+        for spec in self.grades.values():
+            check_grade_spec(spec)
+        if not self.alpha > 0:
+            raise ValueError(f"alpha (Dirichlet concentration) must be > 0, got {self.alpha}")
+        if self.penalty < 0:
+            raise ValueError(f"penalty (lambda) must be >= 0, got {self.penalty}")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.param not in PARAMETRISATIONS:
+            raise ValueError(f"param must be one of {PARAMETRISATIONS}, got {self.param!r}")
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {TRANSFORMS}, got {self.transform!r}")
+        if self.val_grid < 2:
+            raise ValueError("val_grid must be >= 2")
+
+
+class ListNetTask:
+    def __init__(self, vali: RankingSet, k: int):
+        self.vali, self.k = vali, k
+
+    def terms(self, model, batch, step):
+        per_group, valid = listnet(model(batch["x"], batch["mask"]), batch["main"], batch["mask"], reduction="none")
+        return per_group.sum()[None], valid.sum()[None]
+
+    def combine(self, losses, step):
+        return losses[0]
+
+    def validate(self, model) -> float:
+        return ndcg_report(self.vali, score_base(model, self.vali), self.k)["main"]
+
+
+class WeightCOSTask:
+    """Draw w ~ Dir(alpha) per step; loss sum_k w_k LiPO_k - lambda cos(w, L)."""
+
+    def __init__(self, cfg: FinetuneConfig, vali: RankingSet):
+        self.cfg, self.vali = cfg, vali
+        self.K = len(cfg.objectives)
+        self.val_grid = weight_grid(self.K, cfg.val_grid if self.K == 2 else self.K + 5, "dirichlet", cfg.seed)
+
+    def weights(self, step: int) -> torch.Tensor:
+        # depends only on (seed, step): identical on every process and after a resume
+        w = np.random.default_rng([self.cfg.seed, step]).dirichlet(np.full(self.K, self.cfg.alpha))
+        return torch.tensor(w, dtype=torch.float32)
+
+    def terms(self, model, batch, step):
+        w = self.weights(step).to(batch["x"].device)
+        s = model(batch["x"], batch["mask"], w, base_scores=batch["ref"])
+        sums, counts = [], []
+        for j in range(self.K):
+            per_group, valid = lipo(s, batch["ref"], batch["aux"][..., j], batch["mask"], self.cfg.beta,
+                                    self.cfg.transform, reduction="none")
+            sums.append(per_group.sum())
+            counts.append(valid.sum())
+        return torch.stack(sums), torch.stack(counts)
+
+    def combine(self, losses, step):
+        return weight_cos(losses, self.weights(step).to(losses.device), self.cfg.penalty)
+
+    def validate(self, model) -> float:
+        return ranker_front(model, self.vali, self.val_grid, self.cfg.k)["hypervolume"]
+
+
+def _prepare_out(out: Path, resume: bool, overwrite: bool):
+    if resume:
+        return
+    if (out / "config.json").exists() or (out / "checkpoint").exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a model or checkpoint: pass --resume to continue it, "
+                                  f"--overwrite to replace it, or choose another --out")
+
+
+def _job(cfg, **extra) -> dict:
+    return {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE} | extra
+
+
+def _finish(model, state: TrainState, out: Path, acc: Accelerator, extra: dict) -> dict:
+    metrics = {
+        "train_seconds": round(state.seconds, 3),
+        "epochs_run": state.epoch,
+        "best_epoch": state.best_epoch,
+        "best_val": state.best,
+        "stopped_early": state.stopped_early,
+        "trainable_params": count_trainable(model),
+        "processes": acc.num_processes,
+    } | extra
+    if acc.is_main_process:
+        save_ranker(model, out, extra={"training": metrics})
+        write_json(out / "metrics.json", metrics)
+        write_json(out / "train_log.json", state.history)
+    acc.wait_for_everyone()
+    return metrics
+
+
+def train_base(data, out, cfg: BaseConfig | None = None, *, resume: bool = False, overwrite: bool = False,
+               accelerator: Accelerator | None = None):
+    """Train the base ranker on ``data`` (Fold directory or single LETOR file)."""
+    cfg = cfg or BaseConfig()
+    out = Path(out)
+    _prepare_out(out, resume, overwrite)
+    acc = accelerator or Accelerator()
+    width = dataset_width(data)
+    schema = make_schema(width, cfg.exclude, max_label=cfg.max_label).with_objectives([])
+    train_set = RankingSet.load(data, "train", schema, cfg.split_seed)
+    vali = RankingSet.load(data, "vali", schema, cfg.split_seed)
+    set_seed(cfg.seed)
+    model = BaseRanker(schema, cfg.scorer())
+    model.norm.fit(train_set.features)
+    model.to(acc.device)
+    state = train(model, ListNetTask(vali, cfg.k), train_set, cfg, out, job=_job(cfg, data=str(data)),
+                  resume=resume, accelerator=acc, desc="base")
+    return model, _finish(model, state, out, acc, {"val_ndcg": state.best, "data": str(data)})
+
+
+def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, overwrite: bool = False,
+             accelerator: Accelerator | None = None):
+    """Weight-COS-DPO: fine-tune the base in ``base_dir`` on the chosen objectives."""
+    out = Path(out)
+    _prepare_out(out, resume, overwrite)
+    acc = accelerator or Accelerator()
+    base = load_ranker(base_dir)
+    if not isinstance(base, BaseRanker):
+        raise ValueError(f"{base_dir} is not a base ranker (it is a {base.kind} model)")
+    wanted = make_schema(base.schema.n_features, cfg.objectives, cfg.grades, base.schema.max_label)
+    clash = [o.name for o in wanted.objectives if o.feature in set(base.schema.inputs)]
+    if clash:
+        raise ValueError(f"the base ranker in {base_dir} uses {clash} as input features; retrain it with "
+                         f"--exclude {','.join(cfg.objectives)} so that the objectives leave its input")
+    schema = Schema(base.schema.n_features, list(base.schema.inputs), wanted.objectives, base.schema.max_label)
+    train_set = RankingSet.load(data, "train", schema, cfg.split_seed)
+    vali = RankingSet.load(data, "vali", schema, cfg.split_seed)
+    base.to(acc.device)
+    train_set.ref = score_base(base, train_set)  # the base is frozen: its scores never change
+    set_seed(cfg.seed)
+    model = ConditionedRanker(base, schema, cfg.scorer(), cfg.param, cfg.beta).to(acc.device)
+    state = train(model, WeightCOSTask(cfg, vali), train_set, cfg, out,
+                  job=_job(cfg, data=str(data), base=str(Path(base_dir).resolve())), resume=resume,
+                  accelerator=acc, desc="wcos")
+    return model, _finish(model, state, out, acc, {"val_hypervolume": state.best, "data": str(data),
+                                                    "objectives": list(cfg.objectives)})

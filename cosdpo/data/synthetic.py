@@ -24,8 +24,13 @@ N_INPUTS = 131
 LABEL_SHARES = (0.52, 0.30, 0.12, 0.04, 0.02)
 
 
-def generate(n_queries: int = 1000, seed: int = 0, mean_size: int = 24, max_size: int = 120, conflict: float = 1.5):
-    """Return (X (n, 136), labels (n,), qid (n,)) as numpy arrays."""
+def generate(n_queries: int = 1000, seed: int = 0, mean_size: int = 24, max_size: int = 120, conflict: float = 1.5,
+             noise: float = 1.0):
+    """Return (X (n, 136), labels (n,), qid (n,)) as numpy arrays.
+
+    ``noise`` scales the noise of the input features: lower makes the
+    latents easier to read (tiny test sets learn in a few steps).
+    """
     if n_queries < 3:
         raise ValueError(f"need at least 3 queries, got {n_queries}")
     rng = np.random.default_rng(seed)
@@ -43,7 +48,7 @@ def generate(n_queries: int = 1000, seed: int = 0, mean_size: int = 24, max_size
     latents = np.stack([r, u, v, q_shift], axis=1)
     weights = rng.normal(0.0, 1.0, (N_INPUTS, 4)) * (rng.random((N_INPUTS, 4)) < 0.5)
     weights[np.arange(N_INPUTS), np.arange(N_INPUTS) % 3] += 1.0  # every feature sees r, u or v
-    base = latents @ weights.T + rng.normal(0.0, 1.0, (n, N_INPUTS)) * rng.uniform(0.5, 2.0, N_INPUTS)
+    base = latents @ weights.T + noise * rng.normal(0.0, 1.0, (n, N_INPUTS)) * rng.uniform(0.5, 2.0, N_INPUTS)
     feats = np.empty_like(base)
     family = np.arange(N_INPUTS) % 5
     feats[:, family == 0] = np.floor(np.exp(np.clip(base[:, family == 0], -5, 12) / 2))  # term counts

@@ -16,15 +16,17 @@ post-training temperature control). Two parametrisations (METHOD 3):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from ..atomic import atomic_dir, write_json
+from ..atomic import atomic_file, write_json
 from ..data.objectives import Schema
 
 PARAMETRISATIONS = ("scratch", "augment")
@@ -83,8 +85,11 @@ class ListTransformer(nn.Module):
             cfg.d_model, cfg.n_heads, cfg.ff_mult * cfg.d_model, cfg.dropout, batch_first=True, norm_first=True
         )
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, 1)
+        # no biases at the output: listwise losses ignore a shift shared by all
+        # items, so such a bias would get pure rounding noise as its gradient
+        # (which Adam then amplifies into real steps)
+        self.norm = nn.LayerNorm(cfg.d_model, bias=False)
+        self.head = nn.Linear(cfg.d_model, 1, bias=False)
 
     def forward(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.encoder(torch.relu(self.proj(z)), src_key_padding_mask=~mask)
@@ -113,19 +118,24 @@ class ConditionedRanker(nn.Module):
     kind = "conditioned"
 
     def __init__(self, base: BaseRanker, schema: Schema, cfg: ScorerConfig | None = None,
-                 parametrisation: str = "augment", beta: float = 1.0):
+                 parametrisation: str = "augment", beta: float = 1.0, alpha: float = 1.0):
         super().__init__()
         if parametrisation not in PARAMETRISATIONS:
             raise ValueError(f"parametrisation must be one of {PARAMETRISATIONS}, got {parametrisation!r}")
         if list(base.schema.inputs) != list(schema.inputs):
             raise ValueError("the base ranker and the fine-tuning schema use different input features")
         self.schema, self.cfg = schema, cfg or ScorerConfig(d_model=64)
-        self.parametrisation, self.beta = parametrisation, float(beta)
+        self.parametrisation, self.beta, self.alpha = parametrisation, float(beta), float(alpha)
+        # w enters standardised under its training distribution Dir(alpha), as
+        # the features do: raw w (std ~0.3 among 131 unit-scale features) is
+        # too faint a signal, and the network learns to ignore it
+        K = self.n_objectives
+        self.w_center = 1.0 / K
+        self.w_scale = 1.0 if K == 1 else math.sqrt((K * self.alpha + 1) / ((1 / K) * (1 - 1 / K)))
         self.base = base.requires_grad_(False).eval()
         self.net = ListTransformer(len(schema.inputs) + self.n_objectives, self.cfg)
         if parametrisation == "augment":
             nn.init.zeros_(self.net.head.weight)
-            nn.init.zeros_(self.net.head.bias)
 
     @property
     def n_objectives(self) -> int:
@@ -149,6 +159,7 @@ class ConditionedRanker(nn.Module):
         B, L, _ = x.shape
         w = w.to(x.dtype)
         w = w.expand(B, -1) if w.dim() == 1 else w
+        w = (w - self.w_center) * self.w_scale
         z = torch.cat([self.base.norm(x), w[:, None, :].expand(B, L, -1)], dim=-1)
         out = self.net(z, mask)
         if self.parametrisation == "augment":
@@ -164,6 +175,7 @@ class ConditionedRanker(nn.Module):
             "scorer": asdict(self.cfg),
             "parametrisation": self.parametrisation,
             "beta": self.beta,
+            "alpha": self.alpha,
             "base": self.base.config_dict(),
         }
 
@@ -171,10 +183,13 @@ class ConditionedRanker(nn.Module):
 def save_ranker(model: nn.Module, out_dir, extra: dict | None = None):
     """Write ``config.json`` + ``model.safetensors`` atomically into ``out_dir``."""
     config = model.config_dict() | {"format": "cosdpo-ranker", "version": 1} | (extra or {})
-    with atomic_dir(out_dir) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
-        write_json(tmp / "config.json", config)
+    # file by file, not by swapping the folder: a training run's folder also
+    # holds its checkpoint and logs. config.json comes last and marks a
+    # complete model.
+    out_dir = Path(out_dir)
+    with atomic_file(out_dir / "model.safetensors") as f:
+        f.write(safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}))
+    write_json(out_dir / "config.json", config)
 
 
 def build_ranker(config: dict) -> nn.Module:
@@ -186,7 +201,7 @@ def build_ranker(config: dict) -> nn.Module:
     if config["kind"] == "conditioned":
         base = build_ranker(config["base"])
         return ConditionedRanker(base, schema, ScorerConfig(**config["scorer"]), config["parametrisation"],
-                                 config["beta"])
+                                 config["beta"], config["alpha"])
     raise ValueError(f"unknown ranker kind {config['kind']!r}")
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -120,6 +121,7 @@ def load_checkpoint(path: Path, model, optimizer, job: dict):
     if found is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {path.parent}")
     saved = json.loads((found / "state.json").read_text())
+    job = json.loads(json.dumps(job))  # tuples become lists, as in the saved copy
     if saved["job"] != job:
         diff = sorted(k for k in set(job) | set(saved["job"]) if job.get(k) != saved["job"].get(k))
         raise ValueError(f"--resume: the checkpoint in {found} was made with different settings: {diff}")
@@ -132,10 +134,21 @@ def load_checkpoint(path: Path, model, optimizer, job: dict):
     return TrainState(**saved["state"]), best_state
 
 
+def make_accelerator() -> Accelerator:
+    """Accelerate's state for this process.
+
+    Under ``torchrun`` or ``accelerate launch --multi_gpu`` on a machine
+    without GPUs, Accelerate would otherwise run N unrelated single
+    processes; with ``cpu=True`` they form one gloo process group.
+    """
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(cpu=cpu)
+
+
 def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict, resume: bool = False,
           accelerator: Accelerator | None = None, desc: str = "train") -> TrainState:
     """Train ``model`` in place; on return it holds the best validated weights."""
-    acc = accelerator or Accelerator()
+    acc = accelerator or make_accelerator()
     out_dir = Path(out_dir)
     ckpt_path = out_dir / CHECKPOINT
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -25,7 +25,7 @@ from ..evaluation.metrics import weight_grid
 from ..losses import TRANSFORMS, lipo, listnet, weight_cos
 from ..models.ranker import (PARAMETRISATIONS, BaseRanker, ConditionedRanker, ScorerConfig, count_trainable,
                              load_ranker, save_ranker)
-from .loop import TrainConfig, TrainState, train
+from .loop import TrainConfig, TrainState, make_accelerator, train
 
 # settings that may change when a run is resumed
 RESUMABLE = ("epochs", "progress", "patience", "checkpoint_every")
@@ -187,7 +187,7 @@ def train_base(data, out, cfg: BaseConfig | None = None, *, resume: bool = False
     cfg = cfg or BaseConfig()
     out = Path(out)
     _prepare_out(out, resume, overwrite)
-    acc = accelerator or Accelerator()
+    acc = accelerator or make_accelerator()
     width = dataset_width(data)
     schema = make_schema(width, cfg.exclude, max_label=cfg.max_label).with_objectives([])
     train_set = RankingSet.load(data, "train", schema, cfg.split_seed)
@@ -206,7 +206,7 @@ def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, 
     """Weight-COS-DPO: fine-tune the base in ``base_dir`` on the chosen objectives."""
     out = Path(out)
     _prepare_out(out, resume, overwrite)
-    acc = accelerator or Accelerator()
+    acc = accelerator or make_accelerator()
     base = load_ranker(base_dir)
     if not isinstance(base, BaseRanker):
         raise ValueError(f"{base_dir} is not a base ranker (it is a {base.kind} model)")
@@ -221,7 +221,7 @@ def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, 
     base.to(acc.device)
     train_set.ref = score_base(base, train_set)  # the base is frozen: its scores never change
     set_seed(cfg.seed)
-    model = ConditionedRanker(base, schema, cfg.scorer(), cfg.param, cfg.beta).to(acc.device)
+    model = ConditionedRanker(base, schema, cfg.scorer(), cfg.param, cfg.beta, cfg.alpha).to(acc.device)
     state = train(model, WeightCOSTask(cfg, vali), train_set, cfg, out,
                   job=_job(cfg, data=str(data), base=str(Path(base_dir).resolve())), resume=resume,
                   accelerator=acc, desc="wcos")

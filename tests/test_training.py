@@ -1,0 +1,132 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cosdpo.data import RankingSet
+from cosdpo.evaluation.front import ndcg_report, ranker_front, score_base
+from cosdpo.models.ranker import BaseRanker, load_ranker
+from cosdpo.training.loop import TrainConfig
+from cosdpo.training.ltr import BaseConfig, FinetuneConfig, WeightCOSTask, finetune, train_base
+
+from .conftest import TINY
+
+FT = dict(objectives=("quality1", "quality2"), batch_size=8, **TINY)
+
+
+def test_base_training_beats_its_initialisation(tiny_fold, tiny_base):
+    trained = load_ranker(tiny_base)
+    torch.manual_seed(0)
+    init = BaseRanker(trained.schema, trained.cfg).eval()
+    init.norm.load_state_dict(trained.norm.state_dict())
+    test = RankingSet.load(tiny_fold, "test", trained.schema)
+    before = ndcg_report(test, score_base(init, test))["main"]
+    after = ndcg_report(test, score_base(trained, test))["main"]
+    assert after > before + 0.05
+    metrics = json.loads((tiny_base / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 3 and metrics["train_seconds"] > 0
+
+
+def test_finetuning_makes_w_steer_the_ranking(tiny_fold, tiny_base, tmp_path):
+    model, metrics = finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(**(FT | dict(epochs=15, lr=3e-3, batch_size=4))))
+    test = RankingSet.load(tiny_fold, "test", model.schema)
+    front = ranker_front(model, test, np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]))
+    (a1, a2), _, (b1, b2) = front["points"]
+    assert a1 > b1 + 0.02 and b2 > a2 + 0.02  # each extreme wins its own objective
+    assert front["hypervolume"] > front["base_hypervolume"]
+    assert metrics["trainable_params"] < sum(p.numel() for p in model.parameters())  # the base is frozen
+
+
+def _same_weights(dir_a, dir_b, atol=0.0):
+    a, b = load_file(str(dir_a / "model.safetensors")), load_file(str(dir_b / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+def test_resume_after_an_epoch_equals_an_uninterrupted_run(tiny_fold, tiny_base, tmp_path):
+    cfg = dict(FT, dropout=0.2, patience=0)  # dropout: the RNG state must be restored too
+    finetune(tiny_fold, tiny_base, tmp_path / "straight", FinetuneConfig(epochs=3, **cfg))
+    finetune(tiny_fold, tiny_base, tmp_path / "split", FinetuneConfig(epochs=1, **cfg))
+    finetune(tiny_fold, tiny_base, tmp_path / "split", FinetuneConfig(epochs=3, **cfg), resume=True)
+    _same_weights(tmp_path / "straight", tmp_path / "split")
+    log = json.loads((tmp_path / "split" / "train_log.json").read_text())
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+
+
+def test_resume_after_a_crash_mid_epoch(tiny_fold, tiny_base, tmp_path, monkeypatch):
+    cfg = dict(FT, dropout=0.2, patience=0, checkpoint_every=2)
+    finetune(tiny_fold, tiny_base, tmp_path / "straight", FinetuneConfig(epochs=2, **cfg))
+    real_terms = WeightCOSTask.terms
+
+    def crash_at_step_7(self, model, batch, step):  # 5 batches an epoch: the 3rd batch of epoch 2
+        if step == 7:
+            raise KeyboardInterrupt("power cut")
+        return real_terms(self, model, batch, step)
+
+    monkeypatch.setattr(WeightCOSTask, "terms", crash_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_fold, tiny_base, tmp_path / "crashed", FinetuneConfig(epochs=2, **cfg))
+    state = json.loads((tmp_path / "crashed" / "checkpoint" / "state.json").read_text())["state"]
+    assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (6, 1, 1)
+    assert not (tmp_path / "crashed" / "config.json").exists()
+    monkeypatch.setattr(WeightCOSTask, "terms", real_terms)
+    finetune(tiny_fold, tiny_base, tmp_path / "crashed", FinetuneConfig(epochs=2, **cfg), resume=True)
+    _same_weights(tmp_path / "straight", tmp_path / "crashed")
+
+
+def test_nothing_is_overwritten_by_accident(tiny_fold, tiny_base, tmp_path):
+    finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=1, **FT))
+    with pytest.raises(FileExistsError, match="--resume"):
+        finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=1, **FT))
+    with pytest.raises(ValueError, match="different settings: \\['alpha'\\]"):
+        finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=2, alpha=0.3, **FT), resume=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        finetune(tiny_fold, tiny_base, tmp_path / "new", FinetuneConfig(epochs=1, **FT), resume=True)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(epochs=0), "epochs"), (dict(lr=-1), "lr"), (dict(alpha=0), "alpha"), (dict(penalty=-1), "penalty"),
+    (dict(beta=0), "beta"), (dict(param="lora"), "param"), (dict(transform="rank"), "transform"),
+    (dict(objectives=()), "at least one objective"), (dict(objectives=("a", "a")), "twice"),
+    (dict(grades={"quality1": "sqrt"}), "grade transform"), (dict(d_model=10, n_heads=4), "divisible"),
+])
+def test_bad_config_fails_at_construction(bad, match):
+    with pytest.raises(ValueError, match=match):
+        FinetuneConfig(**({"objectives": ("quality1",)} | bad))
+    with pytest.raises(ValueError):
+        TrainConfig(batch_size=0)
+
+
+def test_generic_letor_objectives_must_leave_the_base_input(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [f"{rng.integers(0, 3)} qid:{q} " + " ".join(f"{j}:{rng.random():.4f}" for j in range(1, 11))
+             for q in range(12) for _ in range(5)]
+    path = tmp_path / "small.txt"
+    path.write_text("\n".join(lines) + "\n")
+    train_base(path, tmp_path / "b_all", BaseConfig(epochs=1, **TINY))
+    with pytest.raises(ValueError, match="--exclude f9,f10"):
+        finetune(path, tmp_path / "b_all", tmp_path / "ft", FinetuneConfig(objectives=("f9", "f10"), **TINY))
+    train_base(path, tmp_path / "b", BaseConfig(epochs=1, exclude=("f9", "f10"), **TINY))
+    model, _ = finetune(path, tmp_path / "b", tmp_path / "ft", FinetuneConfig(objectives=("f9", "f10"), epochs=1,
+                                                                              **TINY))
+    assert model.schema.inputs == list(range(1, 9))
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_one(tiny_fold, tiny_base, tmp_path):
+    args = ["ltr", "finetune", "--data", str(tiny_fold), "--base", str(tiny_base), "--objectives",
+            "quality1,quality2", "--epochs", "2", "--batch-size", "8", "--dropout", "0", "--d-model", "16",
+            "--heads", "2", "--layers", "1", "--no-progress"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "cosdpo", *args, "--out", str(tmp_path / "one")], check=True, env=env)
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cosdpo",
+                    *args, "--out", str(tmp_path / "two")], check=True, env=env)
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
+    _same_weights(tmp_path / "one", tmp_path / "two", atol=1e-4)

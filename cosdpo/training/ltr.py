@@ -31,19 +31,13 @@ from .loop import TrainConfig, TrainState, make_accelerator, train
 RESUMABLE = ("epochs", "progress", "patience", "checkpoint_every")
 
 
-@dataclass
-class ScorerOptions:
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    dropout: float = 0.1
-
-    def scorer(self) -> ScorerConfig:
-        return ScorerConfig(self.d_model, self.n_layers, self.n_heads, dropout=self.dropout)
+def _scorer(cfg: ScorerConfig) -> ScorerConfig:
+    """The network part of a job config (which also holds training options)."""
+    return ScorerConfig(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ff_mult, cfg.dropout)
 
 
 @dataclass
-class BaseConfig(TrainConfig, ScorerOptions):
+class BaseConfig(TrainConfig, ScorerConfig):
     """Base ranker: ListNet on the relevance label.
 
     ``exclude`` names the objectives you will fine-tune on later; in a
@@ -58,14 +52,14 @@ class BaseConfig(TrainConfig, ScorerOptions):
 
     def __post_init__(self):
         TrainConfig.__post_init__(self)
-        self.scorer()
+        ScorerConfig.__post_init__(self)
         self.exclude = tuple(self.exclude)
         if self.max_label < 1 or self.k < 1:
             raise ValueError("max_label and k must be >= 1")
 
 
 @dataclass
-class FinetuneConfig(TrainConfig, ScorerOptions):
+class FinetuneConfig(TrainConfig, ScorerConfig):
     """Weight-COS-DPO: one ranker conditioned on w for every trade-off."""
 
     objectives: tuple[str, ...] = ()
@@ -82,7 +76,7 @@ class FinetuneConfig(TrainConfig, ScorerOptions):
 
     def __post_init__(self):
         TrainConfig.__post_init__(self)
-        self.scorer()
+        ScorerConfig.__post_init__(self)
         self.objectives = tuple(o.strip() for o in self.objectives)
         if not self.objectives or not all(self.objectives):
             raise ValueError("name at least one objective to fine-tune on (e.g. quality1,url_clicks)")
@@ -193,7 +187,7 @@ def train_base(data, out, cfg: BaseConfig | None = None, *, resume: bool = False
     train_set = RankingSet.load(data, "train", schema, cfg.split_seed)
     vali = RankingSet.load(data, "vali", schema, cfg.split_seed)
     set_seed(cfg.seed)
-    model = BaseRanker(schema, cfg.scorer())
+    model = BaseRanker(schema, _scorer(cfg))
     model.norm.fit(train_set.features)
     model.to(acc.device)
     state = train(model, ListNetTask(vali, cfg.k), train_set, cfg, out, job=_job(cfg, data=str(data)),
@@ -221,7 +215,7 @@ def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, 
     base.to(acc.device)
     train_set.ref = score_base(base, train_set)  # the base is frozen: its scores never change
     set_seed(cfg.seed)
-    model = ConditionedRanker(base, schema, cfg.scorer(), cfg.param, cfg.beta, cfg.alpha).to(acc.device)
+    model = ConditionedRanker(base, schema, _scorer(cfg), cfg.param, cfg.beta, cfg.alpha).to(acc.device)
     state = train(model, WeightCOSTask(cfg, vali), train_set, cfg, out,
                   job=_job(cfg, data=str(data), base=str(Path(base_dir).resolve())), resume=resume,
                   accelerator=acc, desc="wcos")

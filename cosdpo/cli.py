@@ -127,6 +127,10 @@ def ltr_finetune(
     penalty: float = typer.Option(0.5, help="lambda, weight of the cosine penalty."),
     beta: float = typer.Option(1.0, help="DPO temperature."),
     param: str = typer.Option("augment", help="scratch (a new network on features and w) or augment (base + correction)."),
+    method: str = typer.Option("wcos", help="wcos (Weight-COS-DPO, one temperature) or tcos "
+                                            "(Temperature-COS-DPO: also conditioned on per-objective temperatures)."),
+    beta_range: str = typer.Option("0.1,10", "--beta-range", help="tcos: each step draws beta_k log-uniform on "
+                                                                   "LO,HI per objective."),
     transform: str = typer.Option("softmax", help="Label transform T of the loss: softmax or l1."),
     grades: Optional[str] = typer.Option(None, help="Grade transforms per objective, e.g. "
                                                     "url_clicks=log2,quality1=linear:0:255 (see docs)."),
@@ -142,7 +146,8 @@ def ltr_finetune(
     from .training.ltr import FinetuneConfig, finetune
 
     cfg = FinetuneConfig(objectives=_names(objectives), grades=parse_grade_overrides(grades), alpha=alpha,
-                         penalty=penalty, beta=beta, param=param, transform=transform,
+                         penalty=penalty, beta=beta, param=param, transform=transform, method=method,
+                         beta_range=tuple(_floats(beta_range, "--beta-range")),
                          **_train_options(epochs, batch_size, lr, seed, patience, checkpoint_every, d_model, layers,
                                           heads, dropout, split_seed, progress))
     _, metrics = finetune(data, base, out, cfg, resume=resume, overwrite=overwrite)
@@ -163,13 +168,19 @@ def ltr_front(
     reference: Optional[str] = typer.Option(None, help="Hypervolume reference point, e.g. 0.5,0.5 (default: "
                                                        "origin)."),
     empty: str = typer.Option("skip", help="Groups without a relevant item: skip, zero or one."),
+    beta: Optional[float] = typer.Option(None, help="Serve at temperature beta' (default: the training one); "
+                                                    "larger stays closer to the base model."),
+    betas: Optional[str] = typer.Option(None, help="tcos models: one temperature per objective, e.g. 0.5,2."),
     split_seed: int = COMMON["split_seed"],
 ):
     """Measure the Pareto front on a split: writes front.json and front.png."""
     from .evaluation.front import front_job
 
+    if beta is not None and betas is not None:
+        raise ValueError("give --beta or --betas, not both")
+    temperature = _floats(betas, "--betas") if betas is not None else beta
     front = front_job(model, data, out, split, grid, grid_kind, k, _floats(reference, "--reference"), empty,
-                      split_seed)
+                      split_seed, temperature)
     _print_front(front)
     typer.echo(f"wrote {out / 'front.json'} and {out / 'front.png'}")
 

@@ -33,8 +33,12 @@ def score_base(model, data: RankingSet, batch_size: int = 256) -> np.ndarray:
 
 @torch.no_grad()
 def score_conditioned(model, data: RankingSet, weights, base: np.ndarray | None = None,
-                      batch_size: int = 256) -> np.ndarray:
-    """Scores (M, n_items) of a conditioned ranker under each of M weight vectors."""
+                      batch_size: int = 256, beta=None) -> np.ndarray:
+    """Scores (M, n_items) of a conditioned ranker under each of M weight vectors.
+
+    ``beta``: serving temperature (a number, or a K-vector for tcos models).
+    """
+    model.check_beta(beta)
     model.eval()
     weights = np.atleast_2d(np.asarray(weights, dtype=np.float32))
     base = score_base(model.base, data, batch_size) if base is None else base
@@ -46,7 +50,7 @@ def score_conditioned(model, data: RankingSet, weights, base: np.ndarray | None 
         ref = torch.zeros_like(b["main"])
         ref[b["mask"]] = torch.from_numpy(base[flat]).to(dev)
         for m, w in enumerate(weights):
-            s = model(b["x"], b["mask"], torch.from_numpy(w).to(dev), base_scores=ref)
+            s = model(b["x"], b["mask"], torch.from_numpy(w).to(dev), base_scores=ref, beta=beta)
             out[m, flat] = s[b["mask"]].float().cpu().numpy()
     return out
 
@@ -68,7 +72,7 @@ def ndcg_report(data: RankingSet, scores: np.ndarray, k: int = 10, empty: str = 
 
 
 def ranker_front(model, data: RankingSet, grid=None, k: int = 10, reference=None, empty: str = "skip",
-                 batch_size: int = 256) -> dict:
+                 batch_size: int = 256, beta=None) -> dict:
     """The front of a conditioned ranker on ``data``: everything ``front.json`` holds."""
     K = model.n_objectives
     grid = weight_grid(K) if grid is None else np.asarray(grid, dtype=np.float64)
@@ -77,11 +81,14 @@ def ranker_front(model, data: RankingSet, grid=None, k: int = 10, reference=None
         raise ValueError(f"the reference point needs {K} values, got {ref_point.tolist()}")
     base = score_base(model.base, data, batch_size)
     base_rep = ndcg_report(data, base, k, empty)
-    reports = [ndcg_report(data, s, k, empty) for s in score_conditioned(model, data, grid, base, batch_size)]
+    scores = score_conditioned(model, data, grid, base, batch_size, beta)
+    reports = [ndcg_report(data, s, k, empty) for s in scores]
     points = np.array([r["aux"] for r in reports])
     mains = np.array([r["main"] for r in reports])
     return {
         "objectives": list(model.schema.objective_names),
+        "method": model.method,
+        "beta": model.beta if beta is None else np.asarray(beta, dtype=float).tolist(),
         "k": k,
         "empty_groups": empty,
         "n_queries": len(data),
@@ -97,7 +104,7 @@ def ranker_front(model, data: RankingSet, grid=None, k: int = 10, reference=None
 
 
 def front_job(model_dir, data, out, split: str = "test", grid: int | None = None, grid_kind: str = "lattice",
-              k: int = 10, reference=None, empty: str = "skip", split_seed: int = 0) -> dict:
+              k: int = 10, reference=None, empty: str = "skip", split_seed: int = 0, beta=None) -> dict:
     """Load a conditioned ranker, measure its front on a split, write front.json and front.png."""
     from ..atomic import write_json
     from ..models.ranker import ConditionedRanker, load_ranker
@@ -106,12 +113,14 @@ def front_job(model_dir, data, out, split: str = "test", grid: int | None = None
     model = load_ranker(model_dir)
     if not isinstance(model, ConditionedRanker):
         raise ValueError(f"{model_dir} holds a {model.kind} ranker; a front needs a fine-tuned (conditioned) one")
+    model.check_beta(beta)  # before any data is read
     weights = weight_grid(model.n_objectives, grid, grid_kind, split_seed)
     test = RankingSet.load(data, split, model.schema, split_seed)
-    front = ranker_front(model, test, weights, k, reference, empty) | {
+    front = ranker_front(model, test, weights, k, reference, empty, beta=beta) | {
         "model": str(model_dir), "data": str(data), "split": split}
     out = Path(out)
     write_json(out / "front.json", front)
-    plot_fronts({"Weight-COS-DPO": front}, out / "front.png",
+    label = {"wcos": "Weight-COS-DPO", "tcos": "Temperature-COS-DPO"}[model.method]
+    plot_fronts({f"{label}, beta={front['beta']}": front}, out / "front.png",
                 title=f"Pareto front on {Path(str(data)).name} ({split}), HV {front['hypervolume']:.4g}")
     return front

@@ -13,41 +13,49 @@ import numpy as np  # noqa: E402
 from ..atomic import atomic_file  # noqa: E402
 
 
-def plot_fronts(fronts: dict[str, dict], path, title: str | None = None):
-    """Plot one or more fronts (name -> front dict) with the base model's point.
+def draw_fronts(ax, fronts: dict[str, dict], i: int = 0, j: int = 1, annotate: bool = True):
+    """Draw fronts (name -> front dict) projected on objectives i, j, with the base point.
 
     Every front dict needs ``objectives``, ``weights``, ``points`` and
     ``hypervolume``; the base point is taken from the first that has one.
     """
     first = next(iter(fronts.values()))
-    names = first["objectives"]
-    K = len(names)
-    pairs = list(itertools.combinations(range(K), 2)) or [(0, 0)]
-    cols = min(len(pairs), 3)
-    rows = int(np.ceil(len(pairs) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.4 * rows), squeeze=False)
+    names, K = first["objectives"], len(first["objectives"])
+    for label, front in fronts.items():
+        pts = np.asarray(front["points"])
+        order = np.argsort(np.asarray(front["weights"])[:, i]) if K == 2 else slice(None)
+        ax.plot(pts[order, i], pts[order, j], "-o" if K == 2 else "o", ms=4, alpha=0.85,
+                label=f"{label} (HV {front['hypervolume']:.4g})")
+        if K == 2 and annotate:
+            for w, p in zip(front["weights"], pts):
+                if w[0] in (0.0, 0.5, 1.0):
+                    ax.annotate(f"w1={w[0]:.1f}", p, textcoords="offset points", xytext=(4, 4), fontsize=7)
     base = next((f["base_point"] for f in fronts.values() if f.get("base_point") is not None), None)
-    for ax, (i, j) in zip(axes.flat, pairs):
-        for label, front in fronts.items():
-            pts = np.asarray(front["points"])
-            order = np.argsort(np.asarray(front["weights"])[:, i]) if K == 2 else slice(None)
-            style = "-o" if K == 2 else "o"
-            ax.plot(pts[order, i], pts[order, j], style, ms=4, alpha=0.85,
-                    label=f"{label} (HV {front['hypervolume']:.4g})")
-            if K == 2:
-                for w, p in zip(front["weights"], pts):
-                    if w[0] in (0.0, 0.5, 1.0):
-                        ax.annotate(f"w={w[0]:.1f}", p, textcoords="offset points", xytext=(4, 4), fontsize=7)
-        if base is not None:
-            ax.plot(base[i], base[j], "k*", ms=13, label="base model")
-        ax.set_xlabel(f"NDCG@10 {names[i]}")
-        ax.set_ylabel(f"NDCG@10 {names[j]}")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(pairs):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=8, loc="best")
-    fig.suptitle(title or ("Pareto front" if K == 2 else f"Pareto front, pairwise projections (K={K})"))
+    if base is not None:
+        ax.plot(base[i], base[j], "k*", ms=13, label="base model")
+    ax.set_xlabel(f"NDCG@10 {names[i]}")
+    ax.set_ylabel(f"NDCG@10 {names[j]}")
+    ax.grid(alpha=0.3)
+
+
+def save_figure(fig, path):
     fig.tight_layout()
     with atomic_file(path) as f:
         fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
+
+
+def plot_fronts(fronts: dict[str, dict], path, title: str | None = None):
+    """One picture of one or more fronts: K = 2 one panel, K > 2 every pair of objectives."""
+    K = len(next(iter(fronts.values()))["objectives"])
+    pairs = list(itertools.combinations(range(K), 2)) or [(0, 0)]
+    cols = min(len(pairs), 3)
+    rows = int(np.ceil(len(pairs) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.4 * rows), squeeze=False)
+    for ax, (i, j) in zip(axes.flat, pairs):
+        draw_fronts(ax, fronts, i, j)
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8, loc="best")
+    fig.suptitle(title or ("Pareto front" if K == 2 else f"Pareto front, pairwise projections (K={K})"))
+    save_figure(fig, path)

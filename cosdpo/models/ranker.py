@@ -30,6 +30,7 @@ from ..atomic import atomic_file, write_json
 from ..data.objectives import Schema
 
 PARAMETRISATIONS = ("scratch", "augment")
+METHODS = ("wcos", "tcos")
 
 
 def signed_log1p(x: torch.Tensor) -> torch.Tensor:
@@ -113,27 +114,43 @@ class BaseRanker(nn.Module):
 
 
 class ConditionedRanker(nn.Module):
-    """s_theta(x, w): conditioned on the weight vector (and, later, temperatures)."""
+    """s_theta(x, w) (Weight-COS) or s_theta(x, w, beta) (Temperature-COS).
+
+    ``method="wcos"``: trained at one temperature ``beta``; any other
+    temperature beta' is served by the linear transformation (METHOD 4)
+    s_beta' = s_base + (beta / beta') (s_beta - s_base).
+
+    ``method="tcos"``: the network also sees beta_hat = beta / ||beta||_1 and
+    the overall scale is applied outside it (METHOD 5):
+    s = s_base + (f(x, w, beta_hat) - s_base) / ||beta||_1, so that
+    beta_k (s - s_base) = beta_hat_k (f - s_base) for every objective k.
+    """
 
     kind = "conditioned"
 
     def __init__(self, base: BaseRanker, schema: Schema, cfg: ScorerConfig | None = None,
-                 parametrisation: str = "augment", beta: float = 1.0, alpha: float = 1.0):
+                 parametrisation: str = "augment", beta: float = 1.0, alpha: float = 1.0, method: str = "wcos",
+                 beta_range: tuple[float, float] = (0.1, 10.0)):
         super().__init__()
         if parametrisation not in PARAMETRISATIONS:
             raise ValueError(f"parametrisation must be one of {PARAMETRISATIONS}, got {parametrisation!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if list(base.schema.inputs) != list(schema.inputs):
             raise ValueError("the base ranker and the fine-tuning schema use different input features")
         self.schema, self.cfg = schema, cfg or ScorerConfig(d_model=64)
         self.parametrisation, self.beta, self.alpha = parametrisation, float(beta), float(alpha)
-        # w enters standardised under its training distribution Dir(alpha), as
-        # the features do: raw w (std ~0.3 among 131 unit-scale features) is
-        # too faint a signal, and the network learns to ignore it
+        self.method, self.beta_range = method, (float(beta_range[0]), float(beta_range[1]))
+        # w (and beta_hat) enter standardised under their training
+        # distributions, as the features do: raw w (std ~0.3 among 131
+        # unit-scale features) is too faint, and the network learns to ignore it
         K = self.n_objectives
         self.w_center = 1.0 / K
         self.w_scale = 1.0 if K == 1 else math.sqrt((K * self.alpha + 1) / ((1 / K) * (1 - 1 / K)))
+        self.b_scale = 1.0 / max(float(np.std(beta_hat_samples(K, self.beta_range))), 1e-6)
         self.base = base.requires_grad_(False).eval()
-        self.net = ListTransformer(len(schema.inputs) + self.n_objectives, self.cfg)
+        n_cond = 2 * K if method == "tcos" else K
+        self.net = ListTransformer(len(schema.inputs) + n_cond, self.cfg)
         if parametrisation == "augment":
             nn.init.zeros_(self.net.head.weight)
 
@@ -150,22 +167,49 @@ class ConditionedRanker(nn.Module):
         with torch.no_grad():
             return self.base(x, mask)
 
-    def forward(self, x, mask, w, base_scores=None):
-        """Scores under weights ``w`` ((K,) shared or (B, K) per group).
+    def check_beta(self, beta) -> torch.Tensor | None:
+        """Validate a serving temperature: a number (both methods) or a K-vector (tcos)."""
+        if beta is None:
+            return None
+        b = torch.as_tensor(beta, dtype=torch.float32).flatten()
+        if not torch.all(torch.isfinite(b)) or torch.any(b <= 0):
+            raise ValueError(f"temperatures must be finite and > 0, got {b.tolist()}")
+        if len(b) not in (1, self.n_objectives):
+            raise ValueError(f"got {len(b)} temperatures for {self.n_objectives} objectives "
+                             f"{self.schema.objective_names}")
+        if len(b) > 1 and self.method != "tcos":
+            raise ValueError("a Weight-COS model has one temperature: give a single beta (a per-objective "
+                             "vector needs a Temperature-COS model, --method tcos)")
+        return b
 
-        ``base_scores`` may be passed in when they were computed once for the
-        whole dataset (the base is frozen, so they never change).
+    def forward(self, x, mask, w, base_scores=None, beta=None):
+        """Scores under weights ``w`` ((K,) or (B, K)) and temperature ``beta``.
+
+        ``beta=None`` serves the training temperature (tcos: beta for every
+        objective). ``base_scores`` may be passed in when computed once for
+        the whole dataset (the base is frozen, so they never change).
         """
         B, L, _ = x.shape
+        beta = self.check_beta(beta)
         w = w.to(x.dtype)
         w = w.expand(B, -1) if w.dim() == 1 else w
-        w = (w - self.w_center) * self.w_scale
-        z = torch.cat([self.base.norm(x), w[:, None, :].expand(B, L, -1)], dim=-1)
+        cond = [(w - self.w_center) * self.w_scale]
+        if self.method == "tcos":
+            b = torch.full((self.n_objectives,), self.beta) if beta is None else beta.expand(self.n_objectives)
+            b = b.to(x.device, x.dtype)
+            cond.append(((b / b.sum() - self.w_center) * self.b_scale).expand(B, -1))
+        cond = torch.cat(cond, dim=-1)
+        z = torch.cat([self.base.norm(x), cond[:, None, :].expand(B, L, -1)], dim=-1)
         out = self.net(z, mask)
-        if self.parametrisation == "augment":
+        if self.parametrisation == "augment" or beta is not None or self.method == "tcos":
             if base_scores is None:
                 base_scores = self.base_scores(x, mask)
+        if self.parametrisation == "augment":
             out = out + base_scores
+        if self.method == "tcos":
+            out = base_scores + (out - base_scores) / b.sum()
+        elif beta is not None:
+            out = base_scores + (self.beta / float(beta)) * (out - base_scores)
         return out.masked_fill(~mask, 0.0)
 
     def config_dict(self) -> dict:
@@ -174,10 +218,19 @@ class ConditionedRanker(nn.Module):
             "schema": self.schema.to_dict(),
             "scorer": asdict(self.cfg),
             "parametrisation": self.parametrisation,
+            "method": self.method,
             "beta": self.beta,
             "alpha": self.alpha,
+            "beta_range": list(self.beta_range),
             "base": self.base.config_dict(),
         }
+
+
+def beta_hat_samples(K: int, beta_range, n: int = 4096) -> np.ndarray:
+    """beta / ||beta||_1 for beta log-uniform per objective on ``beta_range`` (fixed seed)."""
+    lo, hi = beta_range
+    b = np.exp(np.random.default_rng(0).uniform(np.log(lo), np.log(hi), (n, K)))
+    return b / b.sum(axis=1, keepdims=True)
 
 
 def save_ranker(model: nn.Module, out_dir, extra: dict | None = None):
@@ -201,7 +254,8 @@ def build_ranker(config: dict) -> nn.Module:
     if config["kind"] == "conditioned":
         base = build_ranker(config["base"])
         return ConditionedRanker(base, schema, ScorerConfig(**config["scorer"]), config["parametrisation"],
-                                 config["beta"], config["alpha"])
+                                 config["beta"], config["alpha"], config.get("method", "wcos"),
+                                 tuple(config.get("beta_range", (0.1, 10.0))))
     raise ValueError(f"unknown ranker kind {config['kind']!r}")
 
 

@@ -23,7 +23,7 @@ from ..data.objectives import Schema, check_grade_spec, make_schema
 from ..evaluation.front import ndcg_report, ranker_front, score_base
 from ..evaluation.metrics import weight_grid
 from ..losses import TRANSFORMS, lipo, listnet, weight_cos
-from ..models.ranker import (PARAMETRISATIONS, BaseRanker, ConditionedRanker, ScorerConfig, count_trainable,
+from ..models.ranker import (METHODS, PARAMETRISATIONS, BaseRanker, ConditionedRanker, ScorerConfig, count_trainable,
                              load_ranker, save_ranker)
 from .loop import TrainConfig, TrainState, make_accelerator, train
 
@@ -68,6 +68,8 @@ class FinetuneConfig(TrainConfig, ScorerConfig):
     penalty: float = 0.5  # lambda of the cosine penalty
     beta: float = 1.0  # DPO temperature
     param: str = "augment"
+    method: str = "wcos"  # or "tcos": also conditioned on per-objective temperatures
+    beta_range: tuple[float, float] = (0.1, 10.0)  # tcos: beta_k ~ log-uniform on this range per step
     transform: str = "softmax"
     d_model: int = 64
     split_seed: int = 0
@@ -92,6 +94,11 @@ class FinetuneConfig(TrainConfig, ScorerConfig):
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.param not in PARAMETRISATIONS:
             raise ValueError(f"param must be one of {PARAMETRISATIONS}, got {self.param!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        self.beta_range = tuple(float(b) for b in self.beta_range)
+        if len(self.beta_range) != 2 or not 0 < self.beta_range[0] < self.beta_range[1]:
+            raise ValueError(f"beta_range must be LO,HI with 0 < LO < HI, got {self.beta_range}")
         if self.transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {TRANSFORMS}, got {self.transform!r}")
         if self.val_grid < 2:
@@ -114,7 +121,11 @@ class ListNetTask:
 
 
 class WeightCOSTask:
-    """Draw w ~ Dir(alpha) per step; loss sum_k w_k LiPO_k - lambda cos(w, L)."""
+    """Draw w ~ Dir(alpha) per step; loss sum_k w_k LiPO_k - lambda cos(w, L).
+
+    Temperature-COS (``method="tcos"``) also draws beta_k log-uniform per
+    objective and step; the model sees beta and LiPO_k uses beta_k.
+    """
 
     def __init__(self, cfg: FinetuneConfig, vali: RankingSet):
         self.cfg, self.vali = cfg, vali
@@ -126,12 +137,21 @@ class WeightCOSTask:
         w = np.random.default_rng([self.cfg.seed, step]).dirichlet(np.full(self.K, self.cfg.alpha))
         return torch.tensor(w, dtype=torch.float32)
 
+    def temperatures(self, step: int) -> torch.Tensor | None:
+        if self.cfg.method != "tcos":
+            return None
+        lo, hi = np.log(self.cfg.beta_range)
+        return torch.tensor(np.exp(np.random.default_rng([self.cfg.seed, step, 1]).uniform(lo, hi, self.K)),
+                            dtype=torch.float32)
+
     def terms(self, model, batch, step):
         w = self.weights(step).to(batch["x"].device)
-        s = model(batch["x"], batch["mask"], w, base_scores=batch["ref"])
+        betas = self.temperatures(step)
+        s = model(batch["x"], batch["mask"], w, base_scores=batch["ref"], beta=betas)
         sums, counts = [], []
         for j in range(self.K):
-            per_group, valid = lipo(s, batch["ref"], batch["aux"][..., j], batch["mask"], self.cfg.beta,
+            beta = self.cfg.beta if betas is None else float(betas[j])
+            per_group, valid = lipo(s, batch["ref"], batch["aux"][..., j], batch["mask"], beta,
                                     self.cfg.transform, reduction="none")
             sums.append(per_group.sum())
             counts.append(valid.sum())
@@ -215,9 +235,10 @@ def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, 
     base.to(acc.device)
     train_set.ref = score_base(base, train_set)  # the base is frozen: its scores never change
     set_seed(cfg.seed)
-    model = ConditionedRanker(base, schema, _scorer(cfg), cfg.param, cfg.beta, cfg.alpha).to(acc.device)
+    model = ConditionedRanker(base, schema, _scorer(cfg), cfg.param, cfg.beta, cfg.alpha, cfg.method,
+                              cfg.beta_range).to(acc.device)
     state = train(model, WeightCOSTask(cfg, vali), train_set, cfg, out,
                   job=_job(cfg, data=str(data), base=str(Path(base_dir).resolve())), resume=resume,
-                  accelerator=acc, desc="wcos")
+                  accelerator=acc, desc=cfg.method)
     return model, _finish(model, state, out, acc, {"val_hypervolume": state.best, "data": str(data),
                                                     "objectives": list(cfg.objectives)})

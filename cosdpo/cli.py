@@ -155,6 +155,40 @@ def ltr_finetune(
                f"{metrics['train_seconds']:.1f} s, {metrics['trainable_params']} trainable parameters")
 
 
+@ltr_app.command("compare")
+@friendly
+def ltr_compare(
+    data: Path = DataOpt,
+    base: Path = typer.Option(..., help="Folder of the base ranker (from train-base)."),
+    objectives: str = typer.Option(..., help="Comma-separated objectives, as for finetune."),
+    out: Path = OutOpt,
+    methods: str = typer.Option("wcos,ls,soup,modpo", help="Any of wcos (Weight-COS-DPO), ls (DPO-LS), soup "
+                                                            "(DPO Soup), modpo (MO-DPO)."),
+    grid: Optional[int] = typer.Option(None, help="Grid size, as for front (K=2: 11 points)."),
+    grid_kind: str = typer.Option("lattice", "--grid-kind", help="K>2: lattice or dirichlet."),
+    alpha: float = typer.Option(1.0, help="wcos: Dirichlet concentration."),
+    penalty: float = typer.Option(0.5, help="wcos: lambda of the cosine penalty (the baselines use none)."),
+    beta: float = typer.Option(1.0, help="DPO temperature (all methods)."),
+    param: str = typer.Option("augment", help="scratch or augment (all methods)."),
+    d_model: Optional[int] = typer.Option(64, "--d-model", help="Width of every fine-tuned network."),
+    epochs: int = COMMON["epochs"], batch_size: int = COMMON["batch_size"], lr: float = COMMON["lr"],
+    seed: int = COMMON["seed"], patience: int = COMMON["patience"],
+    layers: int = COMMON["layers"], heads: int = COMMON["heads"], dropout: float = COMMON["dropout"],
+    split_seed: int = COMMON["split_seed"], overwrite: bool = COMMON["overwrite"],
+    progress: bool = COMMON["progress"],
+):
+    """Train every method on the same grid and budget; writes compare.json and compare.png."""
+    from .training.compare import CompareConfig, compare, format_table
+    from .training.ltr import FinetuneConfig
+
+    train = FinetuneConfig(objectives=_names(objectives), alpha=alpha, penalty=penalty, beta=beta, param=param,
+                           **_train_options(epochs, batch_size, lr, seed, patience, 0, d_model, layers, heads,
+                                            dropout, split_seed, progress))
+    result = compare(data, base, out, CompareConfig(train, _names(methods), grid, grid_kind, overwrite))
+    typer.echo(format_table(result))
+    typer.echo(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
+
+
 @ltr_app.command("front")
 @friendly
 def ltr_front(

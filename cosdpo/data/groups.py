@@ -26,6 +26,7 @@ class RankingSet:
     qids: np.ndarray  # (n_groups,)
     objectives: list[str]
     ref: np.ndarray | None = None  # (n_items,) frozen base scores, filled by the trainer
+    margin: np.ndarray | None = None  # (n_items,) MO-DPO: sum_{j>1} w_j r_j of the single-objective models
 
     def __len__(self) -> int:
         return len(self.qids)
@@ -78,8 +79,9 @@ class RankingSet:
             "main": torch.from_numpy(self.main[idx] * mask),
             "aux": torch.from_numpy(self.aux[idx] * mask[..., None]),
         }
-        if self.ref is not None:
-            out["ref"] = torch.from_numpy(self.ref[idx] * mask)
+        for name in ("ref", "margin"):
+            if getattr(self, name) is not None:
+                out[name] = torch.from_numpy(getattr(self, name)[idx] * mask)
         if device is not None:
             out = {k: v.to(device) for k, v in out.items()}
         return out

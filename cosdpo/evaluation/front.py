@@ -74,21 +74,27 @@ def ndcg_report(data: RankingSet, scores: np.ndarray, k: int = 10, empty: str = 
 def ranker_front(model, data: RankingSet, grid=None, k: int = 10, reference=None, empty: str = "skip",
                  batch_size: int = 256, beta=None) -> dict:
     """The front of a conditioned ranker on ``data``: everything ``front.json`` holds."""
-    K = model.n_objectives
-    grid = weight_grid(K) if grid is None else np.asarray(grid, dtype=np.float64)
+    grid = weight_grid(model.n_objectives) if grid is None else np.asarray(grid, dtype=np.float64)
+    base = score_base(model.base, data, batch_size)
+    scores = score_conditioned(model, data, grid, base, batch_size, beta)
+    return front_from_scores(data, grid, scores, base, model.schema.objective_names, k, reference, empty) | {
+        "method": model.method, "beta": model.beta if beta is None else np.asarray(beta, dtype=float).tolist()}
+
+
+def front_from_scores(data: RankingSet, grid, scores: np.ndarray, base: np.ndarray, objectives, k: int = 10,
+                      reference=None, empty: str = "skip") -> dict:
+    """A front from the scores (M, n_items) that some method gives under each of M weights."""
+    grid = np.asarray(grid, dtype=np.float64)
+    K = len(objectives)
     ref_point = np.zeros(K) if reference is None else np.asarray(reference, dtype=np.float64)
     if ref_point.shape != (K,):
         raise ValueError(f"the reference point needs {K} values, got {ref_point.tolist()}")
-    base = score_base(model.base, data, batch_size)
     base_rep = ndcg_report(data, base, k, empty)
-    scores = score_conditioned(model, data, grid, base, batch_size, beta)
     reports = [ndcg_report(data, s, k, empty) for s in scores]
     points = np.array([r["aux"] for r in reports])
     mains = np.array([r["main"] for r in reports])
     return {
-        "objectives": list(model.schema.objective_names),
-        "method": model.method,
-        "beta": model.beta if beta is None else np.asarray(beta, dtype=float).tolist(),
+        "objectives": list(objectives),
         "k": k,
         "empty_groups": empty,
         "n_queries": len(data),

@@ -30,7 +30,7 @@ from ..atomic import atomic_file, write_json
 from ..data.objectives import Schema
 
 PARAMETRISATIONS = ("scratch", "augment")
-METHODS = ("wcos", "tcos")
+METHODS = ("wcos", "tcos", "fixed")  # fixed: unconditioned (baselines), w is ignored
 
 
 def signed_log1p(x: torch.Tensor) -> torch.Tensor:
@@ -149,7 +149,7 @@ class ConditionedRanker(nn.Module):
         self.w_scale = 1.0 if K == 1 else math.sqrt((K * self.alpha + 1) / ((1 / K) * (1 - 1 / K)))
         self.b_scale = 1.0 / max(float(np.std(beta_hat_samples(K, self.beta_range))), 1e-6)
         self.base = base.requires_grad_(False).eval()
-        n_cond = 2 * K if method == "tcos" else K
+        n_cond = {"wcos": K, "tcos": 2 * K, "fixed": 0}[method]
         self.net = ListTransformer(len(schema.inputs) + n_cond, self.cfg)
         if parametrisation == "augment":
             nn.init.zeros_(self.net.head.weight)
@@ -191,9 +191,11 @@ class ConditionedRanker(nn.Module):
         """
         B, L, _ = x.shape
         beta = self.check_beta(beta)
-        w = w.to(x.dtype)
-        w = w.expand(B, -1) if w.dim() == 1 else w
-        cond = [(w - self.w_center) * self.w_scale]
+        cond = [x.new_zeros(B, 0)]
+        if self.method != "fixed":  # an unconditioned baseline ignores w
+            w = w.to(x.dtype)
+            w = w.expand(B, -1) if w.dim() == 1 else w
+            cond = [(w - self.w_center) * self.w_scale]
         if self.method == "tcos":
             b = torch.full((self.n_objectives,), self.beta) if beta is None else beta.expand(self.n_objectives)
             b = b.to(x.device, x.dtype)

@@ -20,12 +20,14 @@ from ..atomic import write_json
 from ..data.groups import RankingSet
 from ..data.letor import dataset_width
 from ..data.objectives import Schema, check_grade_spec, make_schema
-from ..evaluation.front import ndcg_report, ranker_front, score_base
-from ..evaluation.metrics import weight_grid
+from ..evaluation.front import ndcg_report, ranker_front, score_base, score_conditioned
+from ..evaluation.metrics import check_simplex, weight_grid
 from ..losses import TRANSFORMS, lipo, listnet, weight_cos
 from ..models.ranker import (METHODS, PARAMETRISATIONS, BaseRanker, ConditionedRanker, ScorerConfig, count_trainable,
                              load_ranker, save_ranker)
 from .loop import TrainConfig, TrainState, make_accelerator, train
+
+TRAIN_METHODS = ("wcos", "tcos", "fixed", "modpo")
 
 # settings that may change when a run is resumed
 RESUMABLE = ("epochs", "progress", "patience", "checkpoint_every")
@@ -68,7 +70,9 @@ class FinetuneConfig(TrainConfig, ScorerConfig):
     penalty: float = 0.5  # lambda of the cosine penalty
     beta: float = 1.0  # DPO temperature
     param: str = "augment"
-    method: str = "wcos"  # or "tcos": also conditioned on per-objective temperatures
+    method: str = "wcos"  # "tcos": also conditioned on temperatures; "fixed"/"modpo": one w (baselines)
+    fixed_weights: tuple[float, ...] | None = None  # fixed / modpo: the one w this model is trained for
+    modpo_min_w1: float = 0.05  # modpo: floor on w_1 against the 1/w_1 blow-up
     beta_range: tuple[float, float] = (0.1, 10.0)  # tcos: beta_k ~ log-uniform on this range per step
     transform: str = "softmax"
     d_model: int = 64
@@ -94,8 +98,14 @@ class FinetuneConfig(TrainConfig, ScorerConfig):
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.param not in PARAMETRISATIONS:
             raise ValueError(f"param must be one of {PARAMETRISATIONS}, got {self.param!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in TRAIN_METHODS:
+            raise ValueError(f"method must be one of {TRAIN_METHODS}, got {self.method!r}")
+        if (self.fixed_weights is None) != (self.method in ("wcos", "tcos")):
+            raise ValueError("fixed_weights is needed by, and only by, methods fixed and modpo")
+        if self.fixed_weights is not None:
+            self.fixed_weights = tuple(float(x) for x in check_simplex(self.fixed_weights, len(self.objectives)))
+        if not 0 < self.modpo_min_w1 <= 1:
+            raise ValueError(f"modpo_min_w1 must be in (0, 1], got {self.modpo_min_w1}")
         self.beta_range = tuple(float(b) for b in self.beta_range)
         if len(self.beta_range) != 2 or not 0 < self.beta_range[0] < self.beta_range[1]:
             raise ValueError(f"beta_range must be LO,HI with 0 < LO < HI, got {self.beta_range}")
@@ -133,6 +143,8 @@ class WeightCOSTask:
         self.val_grid = weight_grid(self.K, cfg.val_grid if self.K == 2 else self.K + 5, "dirichlet", cfg.seed)
 
     def weights(self, step: int) -> torch.Tensor:
+        if self.cfg.fixed_weights is not None:
+            return torch.tensor(self.cfg.fixed_weights, dtype=torch.float32)
         # depends only on (seed, step): identical on every process and after a resume
         w = np.random.default_rng([self.cfg.seed, step]).dirichlet(np.full(self.K, self.cfg.alpha))
         return torch.tensor(w, dtype=torch.float32)
@@ -161,7 +173,29 @@ class WeightCOSTask:
         return weight_cos(losses, self.weights(step).to(losses.device), self.cfg.penalty)
 
     def validate(self, model) -> float:
+        if self.cfg.fixed_weights is not None:  # one model for one w: its scalarised NDCG
+            w = np.asarray(self.cfg.fixed_weights)
+            return float(w @ ranker_front(model, self.vali, w[None], self.cfg.k)["points"][0])
         return ranker_front(model, self.vali, self.val_grid, self.cfg.k)["hypervolume"]
+
+
+class MODPOTask(WeightCOSTask):
+    """MO-DPO for one w: objective 1's labels on (beta/w_1)(s - s_base) - (1/w_1) sum_{j>1} w_j r_j.
+
+    That score is LiPO at temperature beta/w_1 against the shifted reference
+    s_base + m/beta (m = sum_{j>1} w_j r_j, precomputed per item), so the
+    plain LiPO loss serves. w_1 is floored at ``modpo_min_w1``.
+    """
+
+    def terms(self, model, batch, step):
+        w1 = max(self.cfg.fixed_weights[0], self.cfg.modpo_min_w1)
+        s = model(batch["x"], batch["mask"], None, base_scores=batch["ref"])
+        per_group, valid = lipo(s, batch["ref"] + batch["margin"] / self.cfg.beta, batch["aux"][..., 0],
+                                batch["mask"], self.cfg.beta / w1, self.cfg.transform, reduction="none")
+        return per_group.sum()[None], valid.sum()[None]
+
+    def combine(self, losses, step):
+        return losses[0]
 
 
 def _prepare_out(out: Path, resume: bool, overwrite: bool):
@@ -216,8 +250,14 @@ def train_base(data, out, cfg: BaseConfig | None = None, *, resume: bool = False
 
 
 def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, overwrite: bool = False,
-             accelerator: Accelerator | None = None):
-    """Weight-COS-DPO: fine-tune the base in ``base_dir`` on the chosen objectives."""
+             accelerator: Accelerator | None = None, single_models=None):
+    """Weight-COS-DPO: fine-tune the base in ``base_dir`` on the chosen objectives.
+
+    ``method="fixed"`` trains one unconditioned model for ``fixed_weights``
+    (DPO-LS, and the single-objective models of DPO Soup / MO-DPO);
+    ``method="modpo"`` needs ``single_models``: the K single-objective
+    models (or their folders), whose implicit rewards become margins.
+    """
     out = Path(out)
     _prepare_out(out, resume, overwrite)
     acc = accelerator or make_accelerator()
@@ -234,11 +274,27 @@ def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, 
     vali = RankingSet.load(data, "vali", schema, cfg.split_seed)
     base.to(acc.device)
     train_set.ref = score_base(base, train_set)  # the base is frozen: its scores never change
+    if cfg.method == "modpo":
+        train_set.margin = modpo_margins(single_models, train_set, cfg)
     set_seed(cfg.seed)
-    model = ConditionedRanker(base, schema, _scorer(cfg), cfg.param, cfg.beta, cfg.alpha, cfg.method,
+    model_method = cfg.method if cfg.method in ("wcos", "tcos") else "fixed"
+    model = ConditionedRanker(base, schema, _scorer(cfg), cfg.param, cfg.beta, cfg.alpha, model_method,
                               cfg.beta_range).to(acc.device)
-    state = train(model, WeightCOSTask(cfg, vali), train_set, cfg, out,
+    task = (MODPOTask if cfg.method == "modpo" else WeightCOSTask)(cfg, vali)
+    state = train(model, task, train_set, cfg, out,
                   job=_job(cfg, data=str(data), base=str(Path(base_dir).resolve())), resume=resume,
                   accelerator=acc, desc=cfg.method)
     return model, _finish(model, state, out, acc, {"val_hypervolume": state.best, "data": str(data),
                                                     "objectives": list(cfg.objectives)})
+
+
+def modpo_margins(single_models, data: RankingSet, cfg: FinetuneConfig) -> np.ndarray:
+    """m = sum_{j>1} w_j r_j per item, r_j = beta (s_j - s_base) of single-objective model j."""
+    if single_models is None or len(single_models) != len(cfg.objectives):
+        raise ValueError(f"modpo needs the {len(cfg.objectives)} single-objective models")
+    margin = np.zeros(len(data.main), dtype=np.float32)
+    for w_j, m in zip(cfg.fixed_weights[1:], single_models[1:]):
+        m = load_ranker(m) if isinstance(m, (str, Path)) else m
+        if w_j:
+            margin += w_j * cfg.beta * (score_conditioned(m, data, [cfg.fixed_weights], data.ref)[0] - data.ref)
+    return margin

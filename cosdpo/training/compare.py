@@ -1,0 +1,164 @@
+"""The baselines of METHOD section 7, and the side-by-side comparison.
+
+Every method trains through ``finetune`` (same data, network, loss, loop
+and budget per model); only what a model is conditioned on, and how many
+models a front needs, differ:
+
+- ``wcos``: one model conditioned on w (Weight-COS-DPO);
+- ``ls`` (DPO-LS): one unconditioned model per grid weight, on sum_k w_k L_k;
+- ``soup`` (DPO Soup): K single-objective models, parameters mixed by w;
+- ``modpo`` (MO-DPO): the K single-objective models' implicit rewards become
+  margins, then one model per grid weight on objective 1's labels.
+
+``train_seconds`` is the wall time of all training a method's front needs;
+when soup and modpo both run, the single-objective models they share are
+trained once and counted in both.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ..atomic import write_json
+from ..data.groups import RankingSet
+from ..data.letor import load_split
+from ..evaluation.front import front_from_scores, score_base, score_conditioned
+from ..evaluation.metrics import weight_grid
+from ..evaluation.plot import plot_fronts, save_figure
+from ..models.ranker import count_trainable
+from .ltr import FinetuneConfig, finetune
+
+METHOD_NAMES = {"wcos": "Weight-COS-DPO", "ls": "DPO-LS", "soup": "DPO Soup", "modpo": "MO-DPO"}
+
+
+@dataclass
+class CompareConfig:
+    train: FinetuneConfig  # the settings every model is trained with (objectives included)
+    methods: tuple[str, ...] = ("wcos", "ls", "soup", "modpo")
+    grid: int | None = None  # K = 2: points (11); K > 2: at most this many (see weight_grid)
+    grid_kind: str = "lattice"
+    overwrite: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.methods = tuple(m.strip() for m in self.methods)
+        bad = [m for m in self.methods if m not in METHOD_NAMES]
+        if bad or not self.methods:
+            raise ValueError(f"unknown methods {bad}; choose from {', '.join(METHOD_NAMES)}")
+        if self.train.method != "wcos":
+            raise ValueError("the comparison trains Weight-COS-DPO itself: leave method at wcos")
+        weight_grid(len(self.train.objectives), self.grid, self.grid_kind, self.train.seed)  # fails early
+
+
+def soup(models, w):
+    """theta(w) = sum_k w_k theta_k over the trainable network (the frozen base is shared)."""
+    mixed = copy.deepcopy(models[0])
+    states = [m.net.state_dict() for m in models]
+    mixed.net.load_state_dict({k: sum(float(wk) * st[k] for wk, st in zip(w, states)) for k in states[0]})
+    return mixed.eval()
+
+
+def compare(data, base_dir, out, cfg: CompareConfig) -> dict:
+    out = Path(out)
+    if (out / "compare.json").exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} already holds a comparison; pass --overwrite or choose another --out")
+    K = len(cfg.train.objectives)
+    grid = weight_grid(K, cfg.grid, cfg.grid_kind, cfg.train.seed)
+    load_split(data, "all")  # parse (and cache) before any clock starts: no method pays for it
+
+    singles: list = []  # (model, seconds) of the K single-objective models
+
+    def run(name, **changes):
+        t0 = time.perf_counter()
+        model, _ = finetune(data, base_dir, out / name, replace(cfg.train, **changes), overwrite=True,
+                            single_models=[m for m, _ in singles] or None)
+        return model, time.perf_counter() - t0
+
+    def fixed(name, w, **more):
+        return run(name, method=more.pop("method", "fixed"), fixed_weights=tuple(float(x) for x in w),
+                   penalty=0.0, **more)
+
+    if {"soup", "modpo"} & set(cfg.methods):
+        for j in range(K):
+            singles.append(fixed(f"single/{cfg.train.objectives[j]}", np.eye(K)[j]))
+
+    test = None
+    fronts = {}
+    for method in cfg.methods:
+        if method == "wcos":
+            model, seconds = run("wcos")
+            models, n_params = [model], count_trainable(model)
+        elif method == "ls":
+            trained = [fixed(f"ls/{i:02d}", w) for i, w in enumerate(grid)]
+            models, seconds = [m for m, _ in trained], sum(t for _, t in trained)
+            n_params = sum(count_trainable(m) for m in models)
+        elif method == "soup":
+            models = [soup([m for m, _ in singles], w) for w in grid]
+            seconds, n_params = sum(t for _, t in singles), sum(count_trainable(m) for m, _ in singles)
+        else:
+            trained = [fixed(f"modpo/{i:02d}", w, method="modpo") for i, w in enumerate(grid)]
+            models = [m for m, _ in trained]
+            seconds = sum(t for _, t in trained) + sum(t for _, t in singles)
+            n_params = sum(count_trainable(m) for m in models) + sum(count_trainable(m) for m, _ in singles)
+        if test is None:
+            test = RankingSet.load(data, "test", models[0].schema, cfg.train.split_seed)
+            base = score_base(models[0].base, test)
+        if len(models) == 1:
+            scores = score_conditioned(models[0], test, grid, base)
+        else:
+            scores = np.stack([score_conditioned(m, test, [w], base)[0] for m, w in zip(models, grid)])
+        fronts[method] = front_from_scores(test, grid, scores, base, cfg.train.objectives, cfg.train.k) | {
+            "train_seconds": round(seconds, 3), "trainable_params": int(n_params), "models_trained": (
+                1 if method == "wcos" else len(grid) if method == "ls" else
+                K if method == "soup" else len(grid) + K)}
+    result = {"objectives": list(cfg.train.objectives), "weights": grid.tolist(), "methods": fronts,
+              "settings": asdict(cfg.train) | {"methods": list(cfg.methods), "grid": len(grid)} | cfg.extra}
+    write_json(out / "compare.json", result)
+    _picture(result, out / "compare.png")
+    return result
+
+
+ROWS = (("hypervolume", "{:.4g}"), ("main NDCG@10", "{:.4f} +- {:.4f}"), ("train seconds", "{:.1f}"),
+        ("trainable params", "{:,}"), ("models trained", "{}"))
+
+
+def table_rows(result: dict) -> list[list[str]]:
+    """The paper's table shape: one row per metric, one column per method."""
+    rows = []
+    for name, fmt in ROWS:
+        cells = []
+        for f in result["methods"].values():
+            value = {"hypervolume": (f["hypervolume"],),
+                     "main NDCG@10": (f["main_ndcg"]["mean"], f["main_ndcg"]["std"]),
+                     "train seconds": (f["train_seconds"],), "trainable params": (f["trainable_params"],),
+                     "models trained": (f["models_trained"],)}[name]
+            cells.append(fmt.format(*value))
+        rows.append([name, *cells])
+    return rows
+
+
+def format_table(result: dict) -> str:
+    header = ["", *(METHOD_NAMES[m] for m in result["methods"])]
+    rows = [header, *table_rows(result)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+def _picture(result: dict, path: Path):
+    if len(result["objectives"]) == 2:
+        plot_fronts({METHOD_NAMES[m]: f for m, f in result["methods"].items()}, path,
+                    title="Fronts on the test split, same grid and budget per model")
+        return
+    fig, ax = plt.subplots(figsize=(2.2 + 2.2 * len(result["methods"]), 2.2))
+    ax.axis("off")
+    ax.table(cellText=table_rows(result), colLabels=["", *(METHOD_NAMES[m] for m in result["methods"])],
+             loc="center")
+    ax.set_title(f"K = {len(result['objectives'])}: {', '.join(result['objectives'])}")
+    save_figure(fig, path)

@@ -85,7 +85,7 @@ def test_nothing_is_overwritten_by_accident(tiny_fold, tiny_base, tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
         finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=1, **FT))
     with pytest.raises(ValueError, match="different settings: \\['alpha'\\]"):
-        finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=2, alpha=0.3, **FT), resume=True)
+        finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=2, alpha=0.7, **FT), resume=True)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         finetune(tiny_fold, tiny_base, tmp_path / "new", FinetuneConfig(epochs=1, **FT), resume=True)
 

@@ -58,7 +58,7 @@ class RankingSet:
         lf = load_split(path, split, seed=seed, n_features=schema.n_features, max_label=schema.max_label)
         return cls.from_letor(lf, schema)
 
-    def _index(self, groups):
+    def item_index(self, groups):
         """Item index (B, L) of each padded slot, and the mask of real slots."""
         groups = np.asarray(groups, dtype=np.int64)
         starts, sizes = self.offsets[groups], self.sizes[groups]
@@ -72,7 +72,7 @@ class RankingSet:
         ``x`` (B, L, F), ``mask`` (B, L), ``main`` (B, L), ``aux`` (B, L, K),
         and ``ref`` (B, L) when base scores are attached.
         """
-        idx, mask = self._index(groups)
+        idx, mask = self.item_index(groups)
         out = {
             "x": torch.from_numpy(self.features[idx] * mask[..., None]),
             "mask": torch.from_numpy(mask),
@@ -113,7 +113,7 @@ class RankingSet:
 
     def pad(self, flat: np.ndarray, fill: float = 0.0):
         """Per-item values (n_items, ...) -> (n_groups, max_size, ...) and the mask."""
-        idx, mask = self._index(np.arange(len(self)))
+        idx, mask = self.item_index(np.arange(len(self)))
         out = flat[idx]
         out[~mask] = fill
         return out, mask

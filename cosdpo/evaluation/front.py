@@ -57,7 +57,8 @@ def score_conditioned(model, data: RankingSet, weights, base: np.ndarray | None 
 
 def _flat_index(data: RankingSet, groups) -> np.ndarray:
     """Item indices of ``groups`` in the row-major order of their mask."""
-    return np.concatenate([np.arange(data.offsets[g], data.offsets[g + 1]) for g in groups])
+    idx, mask = data.item_index(groups)
+    return idx[mask]
 
 
 def ndcg_report(data: RankingSet, scores: np.ndarray, k: int = 10, empty: str = "skip") -> dict:
@@ -72,10 +73,13 @@ def ndcg_report(data: RankingSet, scores: np.ndarray, k: int = 10, empty: str = 
 
 
 def ranker_front(model, data: RankingSet, grid=None, k: int = 10, reference=None, empty: str = "skip",
-                 batch_size: int = 256, beta=None) -> dict:
-    """The front of a conditioned ranker on ``data``: everything ``front.json`` holds."""
+                 batch_size: int = 256, beta=None, base: np.ndarray | None = None) -> dict:
+    """The front of a conditioned ranker on ``data``: everything ``front.json`` holds.
+
+    ``base``: the base model's scores on ``data``, if already computed.
+    """
     grid = weight_grid(model.n_objectives) if grid is None else np.asarray(grid, dtype=np.float64)
-    base = score_base(model.base, data, batch_size)
+    base = score_base(model.base, data, batch_size) if base is None else base
     scores = score_conditioned(model, data, grid, base, batch_size, beta)
     return front_from_scores(data, grid, scores, base, model.schema.objective_names, k, reference, empty) | {
         "method": model.method, "beta": model.beta if beta is None else np.asarray(beta, dtype=float).tolist()}

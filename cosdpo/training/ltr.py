@@ -66,8 +66,8 @@ class FinetuneConfig(TrainConfig, ScorerConfig):
 
     objectives: tuple[str, ...] = ()
     grades: dict = field(default_factory=dict)
-    alpha: float = 1.0  # Dirichlet concentration of the w drawn per step
-    penalty: float = 0.5  # lambda of the cosine penalty
+    alpha: float = 0.3  # Dirichlet concentration of the w drawn per step (small: corners, wider front)
+    penalty: float = 0.0  # lambda of the cosine penalty (measured to narrow the front: docs/benchmarks.md)
     beta: float = 1.0  # DPO temperature
     param: str = "augment"
     method: str = "wcos"  # "tcos": also conditioned on temperatures; "fixed"/"modpo": one w (baselines)
@@ -140,6 +140,7 @@ class WeightCOSTask:
     def __init__(self, cfg: FinetuneConfig, vali: RankingSet):
         self.cfg, self.vali = cfg, vali
         self.K = len(cfg.objectives)
+        self.vali_base = None
         self.val_grid = weight_grid(self.K, cfg.val_grid if self.K == 2 else self.K + 5, "dirichlet", cfg.seed)
 
     def weights(self, step: int) -> torch.Tensor:
@@ -173,10 +174,12 @@ class WeightCOSTask:
         return weight_cos(losses, self.weights(step).to(losses.device), self.cfg.penalty)
 
     def validate(self, model) -> float:
+        if self.vali_base is None:  # the frozen base scores the validation set once per run
+            self.vali_base = score_base(model.base, self.vali)
         if self.cfg.fixed_weights is not None:  # one model for one w: its scalarised NDCG
             w = np.asarray(self.cfg.fixed_weights)
-            return float(w @ ranker_front(model, self.vali, w[None], self.cfg.k)["points"][0])
-        return ranker_front(model, self.vali, self.val_grid, self.cfg.k)["hypervolume"]
+            return float(w @ ranker_front(model, self.vali, w[None], self.cfg.k, base=self.vali_base)["points"][0])
+        return ranker_front(model, self.vali, self.val_grid, self.cfg.k, base=self.vali_base)["hypervolume"]
 
 
 class MODPOTask(WeightCOSTask):

@@ -50,6 +50,7 @@ def _floats(text: Optional[str], what: str):
 DataOpt = typer.Option(..., "--data", help="A Fold directory (train.txt, vali.txt, test.txt) or one LETOR file "
                                            "(split 60/20/20 by query).")
 OutOpt = typer.Option(..., "--out", help="Output folder.")
+BaseOpt = typer.Option(..., "--base", help="Folder of the base ranker (from train-base).")
 
 
 @data_app.command("synth")
@@ -119,7 +120,7 @@ def ltr_train_base(
 @friendly
 def ltr_finetune(
     data: Path = DataOpt,
-    base: Path = typer.Option(..., help="Folder of the base ranker (from train-base)."),
+    base: Path = BaseOpt,
     objectives: str = typer.Option(..., help="Comma-separated: MSLR names (quality1, quality2, "
                                              "query_url_clicks, url_clicks, dwell_time) or feature indices (f44)."),
     out: Path = OutOpt,
@@ -161,7 +162,7 @@ def ltr_finetune(
 @friendly
 def ltr_compare(
     data: Path = DataOpt,
-    base: Path = typer.Option(..., help="Folder of the base ranker (from train-base)."),
+    base: Path = BaseOpt,
     objectives: str = typer.Option(..., help="Comma-separated objectives, as for finetune."),
     out: Path = OutOpt,
     methods: str = typer.Option("wcos,ls,soup,modpo", help="Any of wcos (Weight-COS-DPO), ls (DPO-LS), soup "

@@ -171,3 +171,13 @@ def test_ranking_set_batches(tmp_path):
     assert sorted(np.concatenate(e0).tolist()) == list(range(12))
     assert all(np.array_equal(a, c) for a, c in zip(e0, rs.epoch_batches(4, seed=0, epoch=0)))
     assert not all(np.array_equal(a, c) for a, c in zip(e0, rs.epoch_batches(4, seed=0, epoch=1)))
+
+
+def test_eval_batches_cover_every_group_once_within_the_budget(tmp_path):
+    fold = write_fold(tmp_path / "f", n_queries=40, seed=2, mean_size=10, max_size=40)
+    rs = RankingSet.load(fold, "train", make_schema(136))
+    batches = rs.eval_batches(max_items=60)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(rs)))
+    for b in batches:
+        assert len(b) * rs.sizes[b].max() <= 60 or len(b) == 1
+    assert len(rs.eval_batches(10 ** 9)) == 1

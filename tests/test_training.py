@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from cosdpo.data import RankingSet
-from cosdpo.evaluation.front import ndcg_report, ranker_front, score_base
+from cosdpo.evaluation.front import ndcg_report, ranker_front, score_base, score_conditioned
 from cosdpo.models.ranker import BaseRanker, load_ranker
 from cosdpo.training.loop import TrainConfig
 from cosdpo.training.ltr import BaseConfig, FinetuneConfig, WeightCOSTask, finetune, train_base
@@ -130,3 +130,19 @@ def test_two_processes_agree_with_one(tiny_fold, tiny_base, tmp_path):
                     *args, "--out", str(tmp_path / "two")], check=True, env=env)
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
     _same_weights(tmp_path / "one", tmp_path / "two", atol=1e-4)
+
+
+def test_scoring_many_weights_at_once_equals_one_at_a_time(tiny_fold, tiny_base, tmp_path):
+    model, _ = finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=1, **FT))
+    test = RankingSet.load(tiny_fold, "test", model.schema)
+    grid = np.array([[1.0, 0.0], [0.3, 0.7], [0.0, 1.0]])
+    together = score_conditioned(model, test, grid, max_items=50)
+    apart = np.stack([score_conditioned(model, test, [w])[0] for w in grid])
+    np.testing.assert_allclose(together, apart, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(together[0], together[2])
+    # every item is scored, in data order: the score of item i is the model's score of its own row
+    g = 2
+    items = slice(test.offsets[g], test.offsets[g + 1])
+    b = test.batch([g])
+    direct = model(b["x"], b["mask"], torch.tensor([0.3, 0.7]))[0].detach().numpy()
+    np.testing.assert_allclose(together[1, items], direct, rtol=1e-5, atol=1e-5)

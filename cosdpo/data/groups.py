@@ -106,10 +106,20 @@ class RankingSet:
         order = rng.permutation(len(batches))
         return [batches[i] for i in order]
 
-    def eval_batches(self, batch_size: int) -> list[np.ndarray]:
-        """Fixed batches in length order, for inference."""
-        order = np.argsort(self.sizes, kind="stable")
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    def eval_batches(self, max_items: int = 16384) -> list[np.ndarray]:
+        """Fixed inference batches in length order, each at most ``max_items`` padded slots.
+
+        Cutting by padded size, not by group count, keeps short groups out of
+        long groups' padding: one batch of 256 groups padded to the longest
+        made validation cost as much as training.
+        """
+        batches, current = [], []
+        for g in np.argsort(self.sizes, kind="stable"):
+            if current and (len(current) + 1) * self.sizes[g] > max_items:
+                batches.append(np.array(current))
+                current = []
+            current.append(g)
+        return batches + [np.array(current)] if current else batches
 
     def pad(self, flat: np.ndarray, fill: float = 0.0):
         """Per-item values (n_items, ...) -> (n_groups, max_size, ...) and the mask."""

@@ -23,7 +23,7 @@ from ..data.objectives import Schema, check_grade_spec, make_schema
 from ..evaluation.front import ndcg_report, ranker_front, score_base, score_conditioned
 from ..evaluation.metrics import check_simplex, weight_grid
 from ..losses import TRANSFORMS, lipo, listnet, weight_cos
-from ..models.ranker import (METHODS, PARAMETRISATIONS, BaseRanker, ConditionedRanker, ScorerConfig, count_trainable,
+from ..models.ranker import (PARAMETRISATIONS, BaseRanker, ConditionedRanker, ScorerConfig, count_trainable,
                              load_ranker, save_ranker)
 from .loop import TrainConfig, TrainState, make_accelerator, train
 

@@ -1,0 +1,155 @@
+"""Pairwise preference data for LLM alignment, one loader per real format.
+
+Every loader yields the same record: a prompt as chat messages (so that the
+tokenizer's own chat template can be applied later), a chosen and a
+rejected response, the objective the pair is judged on, and where it came
+from (file:line). Rows that cannot serve (a missing field, an empty prompt,
+identical responses) are counted by reason in a ``LoadReport``, with the
+first few places named, never dropped silently.
+
+Formats:
+- ``pku``: PKU-SafeRLHF jsonl; each row judges both objectives:
+  ``better_response_id`` -> helpful, ``safer_response_id`` -> harmless.
+- ``hh``: Anthropic HH-RLHF jsonl (optionally .gz), one objective per file;
+  ``chosen``/``rejected`` are whole dialogues, and the prompt is their shared
+  prefix up to the last "Assistant:" turn.
+- ``jsonl``: ``{"prompt", "chosen", "rejected"}`` per line, one objective per
+  file; the prompt is a string or a list of chat messages.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMATS = ("pku", "hh", "jsonl")
+PKU_OBJECTIVES = {"helpful": "better_response_id", "harmless": "safer_response_id"}
+_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    objective: str
+    prompt: tuple  # chat messages: ({"role": ..., "content": ...}, ...)
+    chosen: str
+    rejected: str
+    source: str  # file:line
+
+
+@dataclass
+class LoadReport:
+    kept: Counter = field(default_factory=Counter)  # objective -> pairs
+    skipped: Counter = field(default_factory=Counter)  # reason -> rows
+    examples: dict = field(default_factory=dict)  # reason -> first places
+
+    def skip(self, reason: str, where: str):
+        self.skipped[reason] += 1
+        self.examples.setdefault(reason, [])
+        if len(self.examples[reason]) < 3:
+            self.examples[reason].append(where)
+
+    def summary(self) -> str:
+        kept = ", ".join(f"{n} {obj}" for obj, n in sorted(self.kept.items())) or "none"
+        lines = [f"kept pairs: {kept}"]
+        for reason, n in self.skipped.most_common():
+            lines.append(f"skipped {n} rows: {reason} (e.g. {', '.join(self.examples[reason])})")
+        return "\n".join(lines)
+
+
+def _rows(path: Path):
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                yield lineno, line
+
+
+def _keep(pairs, report, objective, prompt, chosen, rejected, where):
+    if not prompt or not any(m["content"].strip() for m in prompt):
+        return report.skip("empty prompt", where)
+    if not chosen.strip() or not rejected.strip():
+        return report.skip("empty response", where)
+    if chosen.strip() == rejected.strip():
+        return report.skip("identical responses", where)
+    report.kept[objective] += 1
+    pairs.append(PreferencePair(objective, tuple(prompt), chosen, rejected, where))
+
+
+def split_dialogue(text: str) -> list[dict]:
+    """'\\n\\nHuman: a\\n\\nAssistant: b' -> [{user: a}, {assistant: b}]."""
+    parts = _TURN.split(text)
+    messages = []
+    for role, content in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})
+    return messages
+
+
+def hh_prompt_and_responses(chosen: str, rejected: str):
+    """Cut two HH dialogues at their shared prefix's last 'Assistant:' turn."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    cut = chosen.rfind("\n\nAssistant:", 0, n)  # the marker wholly inside the shared prefix
+    if cut < 0:
+        return None
+    cut += len("\n\nAssistant:")
+    prompt = split_dialogue(chosen[:cut])[:-1]  # the last turn is the empty "Assistant:" to be answered
+    return prompt, chosen[cut:].strip(), rejected[cut:].strip()
+
+
+def load_preferences(path, fmt: str, objective: str | None = None, report: LoadReport | None = None):
+    """Read one file into ``PreferencePair`` records; returns (pairs, report)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown preference format {fmt!r}; choose one of {FORMATS}")
+    if fmt != "pku" and not objective:
+        raise ValueError(f"a {fmt} file is judged on one objective: name it (e.g. helpful=PATH)")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    report = report or LoadReport()
+    pairs: list[PreferencePair] = []
+    for lineno, line in _rows(path):
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            report.skip(f"not JSON ({exc.msg})", where)
+            continue
+        need = {"pku": ("prompt", "response_0", "response_1", *PKU_OBJECTIVES.values()),
+                "hh": ("chosen", "rejected"), "jsonl": ("prompt", "chosen", "rejected")}[fmt]
+        missing = [k for k in need if not isinstance(row, dict) or row.get(k) is None]
+        if missing:
+            report.skip(f"missing field {missing[0]!r}", where)
+            continue
+        if fmt == "pku":
+            prompt = [{"role": "user", "content": str(row["prompt"]).strip()}]
+            for obj, key in PKU_OBJECTIVES.items():
+                if row[key] not in (0, 1):
+                    report.skip(f"{key} is not 0 or 1", where)
+                    continue
+                good, bad = row[f"response_{row[key]}"], row[f"response_{1 - row[key]}"]
+                _keep(pairs, report, obj, prompt, str(good), str(bad), where)
+        elif fmt == "hh":
+            cut = hh_prompt_and_responses(row["chosen"], row["rejected"])
+            if cut is None:
+                report.skip("no shared 'Assistant:' turn", where)
+                continue
+            _keep(pairs, report, objective, *cut, where)
+        else:
+            p = row["prompt"]
+            prompt = [{"role": "user", "content": p.strip()}] if isinstance(p, str) else list(p)
+            _keep(pairs, report, objective, prompt, str(row["chosen"]), str(row["rejected"]), where)
+    return pairs, report
+
+
+def parse_data_spec(text: str) -> list[tuple[str | None, str]]:
+    """``helpful=a.jsonl,harmless=b.jsonl`` -> [(objective, path), ...]; a bare PATH has no objective."""
+    out = []
+    for part in text.split(","):
+        obj, sep, path = part.partition("=")
+        out.append((obj.strip(), path.strip()) if sep else (None, obj.strip()))
+    return out

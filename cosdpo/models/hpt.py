@@ -1,0 +1,136 @@
+"""Hyper Prompt Tuning (METHOD section 6): a prefix conditioned on w, around a LoRA model.
+
+A real vector w cannot be tokenised, and PEFT's prompt tuners take no
+extra input and do not combine with LoRA, so the prefix is our own small
+module: two MLPs map w to A (n x r) and B (r x d); the mask M = A B scales a
+trainable prefix P (n x d) entrywise, and P * M is prepended to the token
+embeddings. The attention mask gains n ones; the prefix positions are
+dropped from the logits, so callers see logits aligned with their tokens.
+
+The reference model of DPO is the same network with the LoRA adapters
+disabled and no prefix (``reference_logits``), so no second copy of the
+base is held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from ..atomic import atomic_file, write_json
+
+HPT_WEIGHTS, HPT_CONFIG = "hpt.safetensors", "hpt_config.json"
+
+
+@dataclass
+class HPTConfig:
+    n_objectives: int
+    width: int  # the language model's embedding width d
+    n_tokens: int = 8  # virtual tokens n
+    rank: int = 4  # r
+    hidden: int = 64
+
+    def __post_init__(self):
+        if min(self.n_objectives, self.width, self.n_tokens, self.rank, self.hidden) < 1:
+            raise ValueError(f"every HPT size must be >= 1, got {asdict(self)}")
+
+
+class HyperPrompt(nn.Module):
+    """w (B, K) -> prefix embeddings (B, n, d)."""
+
+    def __init__(self, cfg: HPTConfig, init_prefix: torch.Tensor | None = None):
+        super().__init__()
+        self.cfg = cfg
+        n, r, d, h = cfg.n_tokens, cfg.rank, cfg.width, cfg.hidden
+        self.prefix = nn.Parameter(init_prefix.clone() if init_prefix is not None else torch.randn(n, d) * 0.02)
+        self.mlp_a = nn.Sequential(nn.Linear(cfg.n_objectives, h), nn.GELU(), nn.Linear(h, n * r))
+        self.mlp_b = nn.Sequential(nn.Linear(cfg.n_objectives, h), nn.GELU(), nn.Linear(h, r * d))
+        # start with M = A B = 1 everywhere (the prefix as initialised, for every w);
+        # small output weights let w move it from there
+        for mlp in (self.mlp_a, self.mlp_b):
+            nn.init.normal_(mlp[-1].weight, std=1e-3)
+            nn.init.constant_(mlp[-1].bias, 1.0 / math.sqrt(r))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        B = w.shape[0]
+        n, r, d = self.cfg.n_tokens, self.cfg.rank, self.cfg.width
+        mask = self.mlp_a(w).view(B, n, r) @ self.mlp_b(w).view(B, r, d)
+        return self.prefix * mask
+
+
+class HPTModel(nn.Module):
+    """A causal LM (usually a PEFT LoRA model) with a w-conditioned prefix."""
+
+    def __init__(self, model, cfg: HPTConfig, init_prefix: torch.Tensor | None = None):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.hpt = HyperPrompt(cfg, init_prefix)
+
+    @classmethod
+    def wrap(cls, model, n_objectives: int, n_tokens: int = 8, rank: int = 4, hidden: int = 64, seed: int = 0):
+        """Wrap ``model``; the prefix starts as the embeddings of ``n_tokens`` random vocabulary tokens."""
+        emb = model.get_input_embeddings().weight
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, emb.shape[0], (n_tokens,), generator=g)
+        cfg = HPTConfig(n_objectives, emb.shape[1], n_tokens, rank, hidden)
+        return cls(model, cfg, emb[ids].detach().float())
+
+    def _inputs(self, input_ids, attention_mask, w):
+        w = torch.as_tensor(w, dtype=torch.float32, device=input_ids.device)
+        w = w.expand(input_ids.shape[0], -1) if w.dim() == 1 else w
+        if w.shape[-1] != self.cfg.n_objectives:
+            raise ValueError(f"w has {w.shape[-1]} entries; the prefix was built for {self.cfg.n_objectives}")
+        embeds = self.model.get_input_embeddings()(input_ids)
+        prefix = self.hpt(w).to(embeds.dtype)
+        ones = torch.ones(input_ids.shape[0], self.cfg.n_tokens, dtype=attention_mask.dtype,
+                          device=attention_mask.device)
+        return torch.cat([prefix, embeds], dim=1), torch.cat([ones, attention_mask], dim=1)
+
+    def forward(self, input_ids, attention_mask, w):
+        """Logits (B, T, V) for the tokens, under trade-off ``w``."""
+        embeds, mask = self._inputs(input_ids, attention_mask, w)
+        return self.model(inputs_embeds=embeds, attention_mask=mask).logits[:, self.cfg.n_tokens:]
+
+    def reference_logits(self, input_ids, attention_mask):
+        """The base model's logits: adapters off, no prefix."""
+        off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
+        with torch.no_grad(), off:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, w, **kwargs):
+        """New tokens only (B, <= max_new_tokens), generated under ``w``."""
+        embeds, mask = self._inputs(input_ids, attention_mask, w)
+        return self.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+
+    def save_pretrained(self, out_dir):
+        """The adapter (PEFT's own safetensors) plus hpt.safetensors and hpt_config.json."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if hasattr(self.model, "peft_config"):
+            self.model.save_pretrained(str(out_dir))
+        with atomic_file(out_dir / HPT_WEIGHTS) as f:
+            f.write(safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in self.hpt.state_dict().items()}))
+        write_json(out_dir / HPT_CONFIG, asdict(self.cfg))
+
+    @classmethod
+    def from_pretrained(cls, model, out_dir):
+        """Rebuild around ``model`` (the base, or a PEFT model already holding the adapter)."""
+        out_dir = Path(out_dir)
+        if not (out_dir / HPT_CONFIG).is_file():
+            raise FileNotFoundError(f"{out_dir} holds no {HPT_CONFIG}")
+        if (out_dir / "adapter_config.json").is_file() and not hasattr(model, "peft_config"):
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(out_dir))
+        wrapped = cls(model, HPTConfig(**json.loads((out_dir / HPT_CONFIG).read_text())))
+        wrapped.hpt.load_state_dict(load_file(str(out_dir / HPT_WEIGHTS)))
+        return wrapped

@@ -109,3 +109,16 @@ def weight_cos(losses: torch.Tensor, w: torch.Tensor, penalty: float = 0.0) -> t
     if penalty:
         total = total - penalty * F.cosine_similarity(w, losses, dim=0, eps=1e-8)
     return total
+
+
+def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """log pi(y | x) per sequence: the sum of the response tokens' log-probs.
+
+    ``logits`` (B, T, V) predict token t+1 at position t; ``response_mask``
+    (B, T) marks the response tokens. This is the LLM's score s(x, y) that
+    LiPO and DPO take.
+    """
+    # at least float32: summing a few hundred bf16 log-probs loses the margin DPO looks at
+    logp = torch.log_softmax(logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    token = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return torch.where(response_mask[:, 1:], token, torch.zeros_like(token)).sum(dim=-1)

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from cosdpo.data.tokenize import encode, pad_sequences  # noqa: E402
+from cosdpo.losses import dpo, lipo, sequence_logprobs  # noqa: E402
+
+CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A byte-level BPE tokenizer built in memory (vocab 300) with a chat template."""
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["hello world how are you", "the cat sat on the mat", "short answer please"] * 20,
+                            trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                special_tokens=["<pad>", "<s>", "</s>", "<unk>", "<|user|>",
+                                                                "<|assistant|>"]))
+    t = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                             eos_token="</s>", unk_token="<unk>")
+    t.chat_template = CHAT
+    return t
+
+
+def test_encode_marks_exactly_the_response(tokenizer):
+    prompt = ({"role": "user", "content": "how are you"},)
+    enc = [encode(tokenizer, prompt, "the cat sat", 64), encode(tokenizer, prompt, "hello", 64)]
+    batch = pad_sequences(enc, tokenizer.pad_token_id)
+    for i, text in enumerate(["the cat sat", "hello"]):
+        ids = batch["input_ids"][i][batch["response_mask"][i]].tolist()
+        assert tokenizer.decode(ids) == text + "</s>"
+        assert tokenizer.decode(batch["input_ids"][i][: len(enc[i][0])].tolist()) == "<|user|>how are you</s><|assistant|>"
+    assert batch["attention_mask"].sum(1).tolist() == [len(p) + len(r) for p, r in enc]
+    assert encode(tokenizer, prompt, "the cat sat on the mat " * 10, 16) is None
+
+
+def test_sequence_logprobs_against_a_loop_and_padding():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 7, 11, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, 11, (2, 7), generator=g)
+    resp = torch.tensor([[0, 0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    got = sequence_logprobs(logits, ids, resp)
+    for b in range(2):
+        want = sum(torch.log_softmax(logits[b, t - 1], -1)[ids[b, t]] for t in range(7) if resp[b, t])
+        assert got[b].item() == pytest.approx(want.item(), rel=1e-9)
+    padded = sequence_logprobs(torch.cat([logits, torch.randn(2, 3, 11, dtype=torch.float64)], 1),
+                               torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1),
+                               torch.cat([resp, torch.zeros(2, 3, dtype=torch.bool)], 1))
+    torch.testing.assert_close(padded, got)
+
+
+def test_lipo_on_sequence_scores_is_dpo():
+    g = torch.Generator().manual_seed(1)
+    pol, ref = torch.randn(4, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g, dtype=torch.float64)
+    labels = torch.tensor([[1.0, 0.0]] * 4, dtype=torch.float64)
+    mask = torch.ones(4, 2, dtype=torch.bool)
+    torch.testing.assert_close(lipo(pol, ref, labels, mask, 0.1, "l1", reduction="none")[0],
+                               dpo(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], 0.1, reduction="none")[0])

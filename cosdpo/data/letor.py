@@ -153,7 +153,8 @@ def read_letor(path, n_features: int | None = None, max_label: int | None = 4, c
                 np.savez(f, X=X, y=y, qid=qid)
     _check_labels(path, y, max_label)
     if n_features is not None and X.shape[1] > n_features:
-        row = int(np.flatnonzero(np.any(X[:, n_features:] != 0, axis=1))[0]) if np.any(X[:, n_features:] != 0) else 0
+        rows = np.flatnonzero(np.any(X[:, n_features:] != 0, axis=1))
+        row = int(rows[0]) if len(rows) else 0
         raise DataError(
             path, f"feature index {X.shape[1]} is beyond the schema's {n_features} features", _line_of_row(path, row)
         )

@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import write_json
 from ..data.groups import RankingSet
+from ..models.ranker import ConditionedRanker, load_ranker
 from .metrics import hypervolume, mean_ndcg, ndcg_per_group, weight_grid
+from .plot import plot_fronts
 
 
 def _device(model) -> torch.device:
@@ -120,10 +123,6 @@ def front_from_scores(data: RankingSet, grid, scores: np.ndarray, base: np.ndarr
 def front_job(model_dir, data, out, split: str = "test", grid: int | None = None, grid_kind: str = "lattice",
               k: int = 10, reference=None, empty: str = "skip", split_seed: int = 0, beta=None) -> dict:
     """Load a conditioned ranker, measure its front on a split, write front.json and front.png."""
-    from ..atomic import write_json
-    from ..models.ranker import ConditionedRanker, load_ranker
-    from .plot import plot_fronts
-
     model = load_ranker(model_dir)
     if not isinstance(model, ConditionedRanker):
         raise ValueError(f"{model_dir} holds a {model.kind} ranker; a front needs a fine-tuned (conditioned) one")

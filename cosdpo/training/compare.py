@@ -97,19 +97,21 @@ def compare(data, base_dir, out, cfg: CompareConfig) -> dict:
     for method in cfg.methods:
         if method == "wcos":
             model, seconds = run("wcos")
-            models, n_params = [model], count_trainable(model)
+            models, n_params, n_models = [model], count_trainable(model), 1
         elif method == "ls":
             trained = [fixed(f"ls/{i:02d}", w) for i, w in enumerate(grid)]
             models, seconds = [m for m, _ in trained], sum(t for _, t in trained)
-            n_params = sum(count_trainable(m) for m in models)
+            n_params, n_models = sum(count_trainable(m) for m in models), len(models)
         elif method == "soup":
             models = [soup([m for m, _ in singles], w) for w in grid]
             seconds, n_params = sum(t for _, t in singles), sum(count_trainable(m) for m, _ in singles)
+            n_models = len(singles)
         else:
             trained = [fixed(f"modpo/{i:02d}", w, method="modpo") for i, w in enumerate(grid)]
             models = [m for m, _ in trained]
             seconds = sum(t for _, t in trained) + sum(t for _, t in singles)
             n_params = sum(count_trainable(m) for m in models) + sum(count_trainable(m) for m, _ in singles)
+            n_models = len(models) + len(singles)
         if test is None:
             test = RankingSet.load(data, "test", models[0].schema, cfg.train.split_seed)
             base = score_base(models[0].base, test)
@@ -118,9 +120,7 @@ def compare(data, base_dir, out, cfg: CompareConfig) -> dict:
         else:
             scores = np.stack([score_conditioned(m, test, [w], base)[0] for m, w in zip(models, grid)])
         fronts[method] = front_from_scores(test, grid, scores, base, cfg.train.objectives, cfg.train.k) | {
-            "train_seconds": round(seconds, 3), "trainable_params": int(n_params), "models_trained": (
-                1 if method == "wcos" else len(grid) if method == "ls" else
-                K if method == "soup" else len(grid) + K)}
+            "train_seconds": round(seconds, 3), "trainable_params": int(n_params), "models_trained": n_models}
     result = {"objectives": list(cfg.train.objectives), "weights": grid.tolist(), "methods": fronts,
               "settings": asdict(cfg.train) | {"methods": list(cfg.methods), "grid": len(grid)} | cfg.extra}
     write_json(out / "compare.json", result)

@@ -257,6 +257,11 @@ def demo(out: Path = typer.Option(Path("cosdpo-demo"), help="Output folder."),
         typer.echo(f"  {name:11} {p}")
 
 
+from .cli_llm import llm_app  # noqa: E402  (it takes friendly and the parsers from this module)
+
+app.add_typer(llm_app, name="llm")
+
+
 def main():
     app()
 

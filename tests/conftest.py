@@ -35,3 +35,19 @@ def tiny_base(tiny_fold, tmp_path_factory):
 
 def requires_shared(path=MSLR_SAMPLE):
     return pytest.mark.skipif(not Path(path).exists(), reason=f"{path} not present")
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory):
+    """A saved tiny random Llama folder (vocab 300, tokenizer with a chat template)."""
+    pytest.importorskip("transformers")
+    from tests.tiny_llm import save_tiny_llm
+
+    return save_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(tmp_path_factory):
+    from tests.tiny_llm import write_pairs
+
+    return write_pairs(tmp_path_factory.mktemp("pairs"))

@@ -26,6 +26,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 FORMATS = ("pku", "hh", "jsonl")
 PKU_OBJECTIVES = {"helpful": "better_response_id", "harmless": "safer_response_id"}
 _TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -101,26 +103,71 @@ def hh_prompt_and_responses(chosen: str, rejected: str):
     return prompt, chosen[cut:].strip(), rejected[cut:].strip()
 
 
-def load_preferences(path, fmt: str, objective: str | None = None, report: LoadReport | None = None):
-    """Read one file into ``PreferencePair`` records; returns (pairs, report)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown preference format {fmt!r}; choose one of {FORMATS}")
-    if fmt != "pku" and not objective:
-        raise ValueError(f"a {fmt} file is judged on one objective: name it (e.g. helpful=PATH)")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    report = report or LoadReport()
-    pairs: list[PreferencePair] = []
+def detect_format(path) -> str:
+    """pku, hh or jsonl, from the first row's fields."""
+    for _, line in _rows(Path(path)):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if isinstance(row, dict):
+            if "better_response_id" in row or "safer_response_id" in row:
+                return "pku"
+            if "prompt" in row:
+                return "jsonl"
+            if "chosen" in row:
+                return "hh"
+        break
+    raise ValueError(f"{path}: cannot tell its format from the first row; pass --format pku|hh|jsonl")
+
+
+def _hf_rows(spec: str):
+    """``hf:NAME[@SPLIT]``: a Hugging Face hub dataset, or a local dataset folder, row by row."""
+    try:
+        from datasets import load_dataset
+    except ImportError as exc:
+        raise ImportError("hf: data needs the datasets package: pip install datasets") from exc
+    name, _, split = spec[3:].partition("@")
+    for i, row in enumerate(load_dataset(name, split=split or "train"), start=1):
+        yield f"{spec}:{i}", row
+
+
+def _file_rows(path: Path):
     for lineno, line in _rows(path):
         where = f"{path}:{lineno}"
         try:
-            row = json.loads(line)
+            yield where, json.loads(line)
         except json.JSONDecodeError as exc:
-            report.skip(f"not JSON ({exc.msg})", where)
+            yield where, exc
+
+
+def _check_format(fmt: str | None, objective: str | None):
+    if fmt is not None and fmt not in FORMATS:
+        raise ValueError(f"unknown preference format {fmt!r}; choose one of {FORMATS}")
+    if fmt is not None and fmt != "pku" and not objective:
+        raise ValueError(f"a {fmt} file is judged on one objective: name it (e.g. helpful=PATH)")
+
+
+def load_preferences(path, fmt: str | None = None, objective: str | None = None, report: LoadReport | None = None):
+    """Read one file (or ``hf:NAME[@SPLIT]``) into ``PreferencePair`` records; returns (pairs, report).
+
+    ``fmt`` None detects the format from the first row of a file.
+    """
+    source = str(path)
+    is_hf = source.startswith("hf:")
+    _check_format(fmt, objective)  # bad arguments fail before the file is opened
+    if not is_hf and not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    fmt = fmt or ("jsonl" if is_hf else detect_format(path))
+    _check_format(fmt, objective)
+    report = report or LoadReport()
+    pairs: list[PreferencePair] = []
+    need = {"pku": ("prompt", "response_0", "response_1", *PKU_OBJECTIVES.values()),
+            "hh": ("chosen", "rejected"), "jsonl": ("prompt", "chosen", "rejected")}[fmt]
+    for where, row in (_hf_rows(source) if is_hf else _file_rows(Path(path))):
+        if isinstance(row, json.JSONDecodeError):
+            report.skip(f"not JSON ({row.msg})", where)
             continue
-        need = {"pku": ("prompt", "response_0", "response_1", *PKU_OBJECTIVES.values()),
-                "hh": ("chosen", "rejected"), "jsonl": ("prompt", "chosen", "rejected")}[fmt]
         missing = [k for k in need if not isinstance(row, dict) or row.get(k) is None]
         if missing:
             report.skip(f"missing field {missing[0]!r}", where)
@@ -144,6 +191,29 @@ def load_preferences(path, fmt: str, objective: str | None = None, report: LoadR
             prompt = [{"role": "user", "content": p.strip()}] if isinstance(p, str) else list(p)
             _keep(pairs, report, objective, prompt, str(row["chosen"]), str(row["rejected"]), where)
     return pairs, report
+
+
+def load_many(spec: str, fmt: str | None = None):
+    """``helpful=a.jsonl,harmless=b.jsonl`` or one PKU-SafeRLHF path -> (pairs, objectives, report)."""
+    report, pairs, objectives = LoadReport(), [], []
+    for objective, path in parse_data_spec(spec):
+        got, _ = load_preferences(path, fmt, objective, report)
+        pairs += got
+        for o in ([objective] if objective else list(PKU_OBJECTIVES)):
+            if o not in objectives:
+                objectives.append(o)
+    return pairs, objectives, report
+
+
+def split_pairs(pairs, fraction: float, seed: int = 0):
+    """(train, held-out) with every prompt on one side only, so held-out prompts are unseen."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+    prompts = sorted({json.dumps(p.prompt, sort_keys=True) for p in pairs})
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(prompts, size=max(1, round(fraction * len(prompts))), replace=False).tolist())
+    train = [p for p in pairs if json.dumps(p.prompt, sort_keys=True) not in held]
+    return train, [p for p in pairs if json.dumps(p.prompt, sort_keys=True) in held]
 
 
 def parse_data_spec(text: str) -> list[tuple[str | None, str]]:

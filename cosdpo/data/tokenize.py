@@ -8,8 +8,10 @@ template can change without changing what is learned.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 
@@ -35,3 +37,119 @@ def pad_sequences(encoded, pad_id: int) -> dict[str, torch.Tensor]:
         attn[i, :len(p) + len(r)] = 1
         resp[i, len(p):len(p) + len(r)] = True
     return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
+
+
+class PreferenceSet:
+    """Tokenised preference pairs, ready for the training loop and the evaluation.
+
+    Sequences (prompt + response) are stored once each: a PKU-SafeRLHF pair
+    judged on two objectives, or HH pairs sharing a response, cost one
+    forward per distinct sequence. A record is (chosen sequence, rejected
+    sequence, objective). ``ref`` holds the frozen reference's log-prob per
+    sequence once computed, so the reference forward runs once per dataset.
+
+    The loop's data protocol is that of ``RankingSet``: ``epoch_batches``
+    gives lists of record indices, ``batch`` turns one into tensors.
+    """
+
+    def __init__(self, sequences, chosen, rejected, objective, objectives, pad_id: int, sources=()):
+        self.sequences = list(sequences)  # [(prompt ids, response ids)]
+        self.chosen = np.asarray(chosen, dtype=np.int64)
+        self.rejected = np.asarray(rejected, dtype=np.int64)
+        self.objective = np.asarray(objective, dtype=np.int64)
+        self.objectives = list(objectives)
+        self.pad_id = pad_id
+        self.sources = list(sources)
+        self.ref: np.ndarray | None = None
+        self.lengths = np.array([len(p) + len(r) for p, r in self.sequences], dtype=np.int64)
+
+    @classmethod
+    def build(cls, pairs, tokenizer, objectives, max_length: int, report=None) -> "PreferenceSet":
+        """Encode ``pairs``; a pair longer than ``max_length`` tokens is counted in ``report``."""
+        index: dict = {}
+        seqs, chosen, rejected, objective, sources = [], [], [], [], []
+
+        def seq_id(prompt, response):
+            key = (json.dumps(prompt, sort_keys=True), response)
+            if key not in index:
+                enc = encode(tokenizer, prompt, response, max_length)
+                index[key] = None if enc is None else len(seqs)
+                if enc is not None:
+                    seqs.append(enc)
+            return index[key]
+
+        for pair in pairs:
+            if pair.objective not in objectives:
+                continue
+            c, r = seq_id(pair.prompt, pair.chosen), seq_id(pair.prompt, pair.rejected)
+            if c is None or r is None:
+                if report is not None:
+                    report.skip(f"longer than {max_length} tokens", pair.source)
+                    report.kept[pair.objective] -= 1
+                continue
+            chosen.append(c)
+            rejected.append(r)
+            objective.append(objectives.index(pair.objective))
+            sources.append(pair.source)
+        return cls(seqs, chosen, rejected, objective, objectives, tokenizer.pad_token_id, sources)
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def subset(self, records) -> "PreferenceSet":
+        """The given records, with only the sequences (and reference log-probs) they use."""
+        records = np.asarray(records, dtype=np.int64)
+        used = np.unique(np.concatenate([self.chosen[records], self.rejected[records]]))
+        remap = np.full(len(self.sequences), -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        out = PreferenceSet([self.sequences[i] for i in used], remap[self.chosen[records]],
+                            remap[self.rejected[records]], self.objective[records], self.objectives, self.pad_id,
+                            [self.sources[i] for i in records] if self.sources else [])
+        out.ref = None if self.ref is None else self.ref[used]
+        return out
+
+    def counts(self) -> dict[str, int]:
+        return {name: int((self.objective == k).sum()) for k, name in enumerate(self.objectives)}
+
+    def epoch_batches(self, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+        """Shuffled batches of records of similar length (less padding), in a shuffled order;
+        the same for a given (seed, epoch)."""
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(self))
+        size = self.lengths[np.maximum(self.chosen, self.rejected)[order]]
+        chunk = 16 * batch_size
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = order[start:start + chunk][np.argsort(size[start:start + chunk], kind="stable")]
+            batches += [part[i:i + batch_size].tolist() for i in range(0, len(part), batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def sequence_batches(self, max_tokens: int = 4096):
+        """All sequences in length order, as lists of ids whose padded size fits ``max_tokens``."""
+        order = np.argsort(self.lengths, kind="stable")
+        batches, current = [], []
+        for i in order:
+            if current and (len(current) + 1) * self.lengths[i] > max_tokens:
+                batches.append(current)
+                current = []
+            current.append(int(i))
+        return batches + ([current] if current else [])
+
+    def pad(self, seq_ids, device="cpu") -> dict:
+        out = pad_sequences([self.sequences[i] for i in seq_ids], self.pad_id)
+        return {k: v.to(device) for k, v in out.items()}
+
+    def batch(self, records, device="cpu") -> dict:
+        """The records' distinct sequences, padded, and where each record's pair sits among them."""
+        records = np.asarray(records, dtype=np.int64)
+        seq_ids, inverse = np.unique(np.concatenate([self.chosen[records], self.rejected[records]]),
+                                     return_inverse=True)
+        n = len(records)
+        out = self.pad(seq_ids, device) | {
+            "chosen": torch.as_tensor(inverse[:n], device=device),
+            "rejected": torch.as_tensor(inverse[n:], device=device),
+            "objective": torch.as_tensor(self.objective[records], device=device),
+        }
+        if self.ref is not None:
+            out["ref"] = torch.as_tensor(self.ref[seq_ids], device=device)
+        return out

@@ -17,7 +17,8 @@ def draw_fronts(ax, fronts: dict[str, dict], i: int = 0, j: int = 1, annotate: b
     """Draw fronts (name -> front dict) projected on objectives i, j, with the base point.
 
     Every front dict needs ``objectives``, ``weights``, ``points`` and
-    ``hypervolume``; the base point is taken from the first that has one.
+    ``hypervolume``; the base point is taken from the first that has one,
+    the axis name from its ``metric`` (default NDCG@10).
     """
     first = next(iter(fronts.values()))
     names, K = first["objectives"], len(first["objectives"])
@@ -33,8 +34,9 @@ def draw_fronts(ax, fronts: dict[str, dict], i: int = 0, j: int = 1, annotate: b
     base = next((f["base_point"] for f in fronts.values() if f.get("base_point") is not None), None)
     if base is not None:
         ax.plot(base[i], base[j], "k*", ms=13, label="base model")
-    ax.set_xlabel(f"NDCG@10 {names[i]}")
-    ax.set_ylabel(f"NDCG@10 {names[j]}")
+    metric = first.get("metric", "NDCG@10")
+    ax.set_xlabel(f"{metric} {names[i]}")
+    ax.set_ylabel(f"{metric} {names[j]}")
     ax.grid(alpha=0.3)
 
 

@@ -30,6 +30,12 @@ from ..atomic import atomic_file, write_json
 HPT_WEIGHTS, HPT_CONFIG = "hpt.safetensors", "hpt_config.json"
 
 
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count attended tokens only, so left padding (generation) and
+    right padding (training) put the prefix and the tokens at the same positions."""
+    return (mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
 @dataclass
 class HPTConfig:
     n_objectives: int
@@ -37,6 +43,7 @@ class HPTConfig:
     n_tokens: int = 8  # virtual tokens n
     rank: int = 4  # r
     hidden: int = 64
+    conditioned: bool = True  # False: plain prompt tuning, one prefix for every w (the baselines' prompt)
 
     def __post_init__(self):
         if min(self.n_objectives, self.width, self.n_tokens, self.rank, self.hidden) < 1:
@@ -51,6 +58,8 @@ class HyperPrompt(nn.Module):
         self.cfg = cfg
         n, r, d, h = cfg.n_tokens, cfg.rank, cfg.width, cfg.hidden
         self.prefix = nn.Parameter(init_prefix.clone() if init_prefix is not None else torch.randn(n, d) * 0.02)
+        if not cfg.conditioned:
+            return
         self.mlp_a = nn.Sequential(nn.Linear(cfg.n_objectives, h), nn.GELU(), nn.Linear(h, n * r))
         self.mlp_b = nn.Sequential(nn.Linear(cfg.n_objectives, h), nn.GELU(), nn.Linear(h, r * d))
         # start with M = A B = 1 everywhere (the prefix as initialised, for every w);
@@ -62,6 +71,8 @@ class HyperPrompt(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         B = w.shape[0]
         n, r, d = self.cfg.n_tokens, self.cfg.rank, self.cfg.width
+        if not self.cfg.conditioned:
+            return self.prefix.expand(B, n, d)
         mask = self.mlp_a(w).view(B, n, r) @ self.mlp_b(w).view(B, r, d)
         return self.prefix * mask
 
@@ -75,12 +86,13 @@ class HPTModel(nn.Module):
         self.hpt = HyperPrompt(cfg, init_prefix)
 
     @classmethod
-    def wrap(cls, model, n_objectives: int, n_tokens: int = 8, rank: int = 4, hidden: int = 64, seed: int = 0):
+    def wrap(cls, model, n_objectives: int, n_tokens: int = 8, rank: int = 4, hidden: int = 64, seed: int = 0,
+             conditioned: bool = True):
         """Wrap ``model``; the prefix starts as the embeddings of ``n_tokens`` random vocabulary tokens."""
         emb = model.get_input_embeddings().weight
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, emb.shape[0], (n_tokens,), generator=g)
-        cfg = HPTConfig(n_objectives, emb.shape[1], n_tokens, rank, hidden)
+        cfg = HPTConfig(n_objectives, emb.shape[1], n_tokens, rank, hidden, conditioned)
         return cls(model, cfg, emb[ids].detach().float())
 
     def _inputs(self, input_ids, attention_mask, w):
@@ -97,7 +109,8 @@ class HPTModel(nn.Module):
     def forward(self, input_ids, attention_mask, w):
         """Logits (B, T, V) for the tokens, under trade-off ``w``."""
         embeds, mask = self._inputs(input_ids, attention_mask, w)
-        return self.model(inputs_embeds=embeds, attention_mask=mask).logits[:, self.cfg.n_tokens:]
+        return self.model(inputs_embeds=embeds, attention_mask=mask,
+                          position_ids=positions(mask)).logits[:, self.cfg.n_tokens:]
 
     def reference_logits(self, input_ids, attention_mask):
         """The base model's logits: adapters off, no prefix."""

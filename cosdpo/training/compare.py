@@ -124,7 +124,7 @@ def compare(data, base_dir, out, cfg: CompareConfig) -> dict:
     result = {"objectives": list(cfg.train.objectives), "weights": grid.tolist(), "methods": fronts,
               "settings": asdict(cfg.train) | {"methods": list(cfg.methods), "grid": len(grid)} | cfg.extra}
     write_json(out / "compare.json", result)
-    _picture(result, out / "compare.png")
+    picture(result, out / "compare.png")
     return result
 
 
@@ -132,18 +132,21 @@ ROWS = (("hypervolume", "{:.4g}"), ("main NDCG@10", "{:.4f} +- {:.4f}"), ("train
         ("trainable params", "{:,}"), ("models trained", "{}"))
 
 
+def _cell(front: dict, name: str):
+    if name == "main NDCG@10":
+        return None if "main_ndcg" not in front else (front["main_ndcg"]["mean"], front["main_ndcg"]["std"])
+    key = {"hypervolume": "hypervolume", "train seconds": "train_seconds", "trainable params": "trainable_params",
+           "models trained": "models_trained"}[name]
+    return (front[key],)
+
+
 def table_rows(result: dict) -> list[list[str]]:
-    """The paper's table shape: one row per metric, one column per method."""
+    """The paper's table shape: one row per metric, one column per method (LLM results have no main NDCG)."""
     rows = []
     for name, fmt in ROWS:
-        cells = []
-        for f in result["methods"].values():
-            value = {"hypervolume": (f["hypervolume"],),
-                     "main NDCG@10": (f["main_ndcg"]["mean"], f["main_ndcg"]["std"]),
-                     "train seconds": (f["train_seconds"],), "trainable params": (f["trainable_params"],),
-                     "models trained": (f["models_trained"],)}[name]
-            cells.append(fmt.format(*value))
-        rows.append([name, *cells])
+        cells = [_cell(f, name) for f in result["methods"].values()]
+        if all(c is not None for c in cells):
+            rows.append([name, *(fmt.format(*c) for c in cells)])
     return rows
 
 
@@ -155,7 +158,7 @@ def format_table(result: dict) -> str:
                      for r in rows)
 
 
-def _picture(result: dict, path: Path):
+def picture(result: dict, path: Path):
     if len(result["objectives"]) == 2:
         plot_fronts({METHOD_NAMES[m]: f for m, f in result["methods"].items()}, path,
                     title="Fronts on the test split, same grid and budget per model")

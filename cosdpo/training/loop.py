@@ -26,6 +26,7 @@ exactly where the checkpoint left off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -56,19 +57,29 @@ class TrainConfig:
     patience: int = 5  # epochs without a better validation score; 0 turns early stopping off
     val_every: int = 1  # epochs
     checkpoint_every: int = 0  # steps; 0 = at epoch ends only
+    max_steps: int = 0  # > 0: exactly this many optimizer steps, over as many epochs as it takes
+    grad_accum: int = 1  # micro-batches per optimizer step; each holds batch_size / grad_accum groups
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "val_every"):
+        for name in ("epochs", "batch_size", "val_every", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("patience", "checkpoint_every"):
+        for name in ("patience", "checkpoint_every", "max_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay and grad_clip must be >= 0")
+        if self.grad_accum > self.batch_size:
+            raise ValueError(f"grad_accum ({self.grad_accum}) cannot exceed batch_size ({self.batch_size})")
+
+
+def draw_weights(seed: int, step: int, alpha: float, k: int) -> torch.Tensor:
+    """w ~ Dir(alpha) for one step; it depends only on (seed, step), so every process
+    and every resumed run draws the same w."""
+    return torch.tensor(np.random.default_rng([seed, step]).dirichlet(np.full(k, alpha)), dtype=torch.float32)
 
 
 @dataclass
@@ -104,10 +115,22 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def trained_state(model) -> dict:
+    """The tensors training changes: trainable parameters and buffers. A frozen base
+    (the ranker's, or an LLM's hundreds of MB) stays out of every checkpoint."""
+    keep = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items() if k in keep}
+
+
+def _load_trained(model, tensors: dict):
+    unexpected = model.load_state_dict(tensors, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"the checkpoint holds tensors this model lacks: {unexpected[:3]}")
+
+
 def save_checkpoint(path: Path, model, best_state, optimizer, state: TrainState, job: dict):
     with atomic_dir(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
+        save_file(trained_state(model), str(tmp / "model.safetensors"))
         if best_state is not None:
             save_file(best_state, str(tmp / "best.safetensors"))
         opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
@@ -125,7 +148,7 @@ def load_checkpoint(path: Path, model, optimizer, job: dict):
     if saved["job"] != job:
         diff = sorted(k for k in set(job) | set(saved["job"]) if job.get(k) != saved["job"].get(k))
         raise ValueError(f"--resume: the checkpoint in {found} was made with different settings: {diff}")
-    model.load_state_dict(load_file(str(found / "model.safetensors")))
+    _load_trained(model, load_file(str(found / "model.safetensors")))
     opt_tensors = load_file(str(found / "optimizer.safetensors"))
     torch.set_rng_state(opt_tensors.pop("__torch_rng__"))
     optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, json.loads((found / "optimizer.json").read_text())))
@@ -165,9 +188,14 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
             save_checkpoint(ckpt_path, model, best_state, optimizer.optimizer, state, job)
         acc.wait_for_everyone()
 
-    bar = tqdm(total=cfg.epochs * n_batches, initial=state.epoch * n_batches + state.step_in_epoch, desc=desc,
+    total = cfg.max_steps or cfg.epochs * n_batches
+    bar = tqdm(total=total, initial=state.global_step, desc=desc,
                disable=not (cfg.progress and acc.is_local_main_process), dynamic_ncols=True)
-    while state.epoch < cfg.epochs and not state.stopped_early:
+
+    def steps_left():
+        return not cfg.max_steps or state.global_step < cfg.max_steps
+
+    while (cfg.max_steps or state.epoch < cfg.epochs) and not state.stopped_early and steps_left():
         t0 = time.perf_counter()
         batches = data.epoch_batches(cfg.batch_size, cfg.seed, state.epoch)
         ddp_model.train()
@@ -175,7 +203,7 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
         for groups in batches[state.step_in_epoch:]:
             if len(groups) >= world:  # a process with no groups could not join the gradient sync
                 running.append(_step(ddp_model, task, data, groups[rank::world], state.global_step, acc,
-                                     optimizer, trainable, cfg.grad_clip))
+                                     optimizer, trainable, cfg))
             state.step_in_epoch += 1
             state.global_step += 1
             bar.update(1)
@@ -185,17 +213,20 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
                 state.seconds += time.perf_counter() - t0
                 checkpoint()
                 t0 = time.perf_counter()
-        state.epoch += 1
-        state.step_in_epoch = 0
+            if not steps_left():
+                break
+        if state.step_in_epoch == len(batches):  # a whole epoch, not one cut short by max_steps
+            state.epoch += 1
+            state.step_in_epoch = 0
         record = {"epoch": state.epoch, "step": state.global_step,
                   "train_loss": float(np.mean(running)) if running else None}
-        if state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs:
+        if state.step_in_epoch or state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs or not steps_left():
             model.eval()
             score = float(task.validate(model))
             record["val"] = score
             if score > state.best or best_state is None:
                 state.best, state.best_epoch, state.bad_epochs = score, state.epoch, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best_state = trained_state(model)
             else:
                 state.bad_epochs += 1
                 if cfg.patience and state.bad_epochs >= cfg.patience:
@@ -209,23 +240,44 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
         checkpoint()
     bar.close()
     if best_state is not None:
-        model.load_state_dict(best_state)
+        _load_trained(model, best_state)
     model.eval()
     return state
 
 
-def _step(model, task, data, groups, step, acc, optimizer, trainable, grad_clip) -> float:
-    batch = data.batch(groups, acc.device)
-    sums, counts = task.terms(model, batch, step)
-    g_sums = acc.reduce(sums.detach().clone(), "sum")
-    g_counts = acc.reduce(counts.detach().to(sums.dtype).clone(), "sum")
-    losses = (g_sums / g_counts.clamp_min(1)).requires_grad_(True)
-    total = task.combine(losses, step)
-    (coef,) = torch.autograd.grad(total, losses)
-    surrogate = acc.num_processes * (coef * sums / g_counts.clamp_min(1)).sum()
-    acc.backward(surrogate)
-    if grad_clip:
-        acc.clip_grad_norm_(trainable, grad_clip)
+def _step(model, task, data, groups, step, acc, optimizer, trainable, cfg: TrainConfig) -> float:
+    """One optimizer step over this process's ``groups``, in ``grad_accum`` micro-batches.
+
+    With one micro-batch the step is exact (see the module docstring). With
+    several, each micro-batch's objective is linearised at its own losses;
+    when the task can count the step's groups per objective up front
+    (``task.counts``), every micro-batch divides by the whole step's counts,
+    so the step is exact whenever ``combine`` is linear in L (Weight-COS with
+    lambda = 0, DPO-LS) and the cosine penalty is approximated. Otherwise
+    micro-batch means are averaged, as most accumulating trainers do.
+    """
+    chunks = [c.tolist() for c in np.array_split(np.asarray(groups), cfg.grad_accum) if len(c)]
+    step_counts = None
+    if len(chunks) > 1 and hasattr(task, "counts"):
+        step_counts = acc.reduce(task.counts(data, groups).to(acc.device, torch.float32), "sum")
+    totals = []
+    for i, chunk in enumerate(chunks):
+        sync = acc.no_sync(model) if i < len(chunks) - 1 else contextlib.nullcontext()
+        with sync:
+            sums, counts = task.terms(model, data.batch(chunk, acc.device), step)
+            g_sums = acc.reduce(sums.detach().clone(), "sum")
+            g_counts = acc.reduce(counts.detach().to(sums.dtype).clone(), "sum")
+            losses = (g_sums / g_counts.clamp_min(1)).requires_grad_(True)
+            total = task.combine(losses, step)
+            (coef,) = torch.autograd.grad(total, losses)
+            if step_counts is not None:
+                surrogate = (coef * sums / step_counts.to(sums.dtype).clamp_min(1)).sum()
+            else:
+                surrogate = (coef * sums / g_counts.clamp_min(1)).sum() / len(chunks)
+            acc.backward(acc.num_processes * surrogate)
+        totals.append(float(total.detach()))
+    if cfg.grad_clip:
+        acc.clip_grad_norm_(trainable, cfg.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(total.detach())
+    return float(np.mean(totals))

@@ -25,12 +25,12 @@ from ..evaluation.metrics import check_simplex, weight_grid
 from ..losses import TRANSFORMS, lipo, listnet, weight_cos
 from ..models.ranker import (PARAMETRISATIONS, BaseRanker, ConditionedRanker, ScorerConfig, count_trainable,
                              load_ranker, save_ranker)
-from .loop import TrainConfig, TrainState, make_accelerator, train
+from .loop import TrainConfig, TrainState, draw_weights, make_accelerator, train
 
 TRAIN_METHODS = ("wcos", "tcos", "fixed", "modpo")
 
 # settings that may change when a run is resumed
-RESUMABLE = ("epochs", "progress", "patience", "checkpoint_every")
+RESUMABLE = ("epochs", "max_steps", "progress", "patience", "checkpoint_every")
 
 
 def _scorer(cfg: ScorerConfig) -> ScorerConfig:
@@ -146,9 +146,7 @@ class WeightCOSTask:
     def weights(self, step: int) -> torch.Tensor:
         if self.cfg.fixed_weights is not None:
             return torch.tensor(self.cfg.fixed_weights, dtype=torch.float32)
-        # depends only on (seed, step): identical on every process and after a resume
-        w = np.random.default_rng([self.cfg.seed, step]).dirichlet(np.full(self.K, self.cfg.alpha))
-        return torch.tensor(w, dtype=torch.float32)
+        return draw_weights(self.cfg.seed, step, self.cfg.alpha, self.K)
 
     def temperatures(self, step: int) -> torch.Tensor | None:
         if self.cfg.method != "tcos":

@@ -1,0 +1,41 @@
+"""A short Weight-COS-DPO run of SmolLM2-135M-Instruct on the HH-RLHF sample, and its front.
+
+    python benchmarks/hh_front.py --out runs/hh [--steps 48] [--grid 5]
+
+Helpful and harmless are the two objectives (../shared/data/hh-rlhf). The
+run fine-tunes LoRA + Hyper Prompt Tuning for --steps steps, then measures
+held-out preference accuracy and mean implicit-reward margin at each grid
+weight, and writes front.json / front.png (what ``cosdpo llm front`` writes).
+CPU sized: batch 4, at most 192 tokens per pair.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+from cosdpo.training.llm import LLMConfig, finetune_llm, write_front
+
+HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf"
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="runs/hh")
+    ap.add_argument("--steps", type=int, default=48)
+    ap.add_argument("--grid", type=int, default=5)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--pairs", type=int, default=100)
+    ap.add_argument("--val-pairs", type=int, default=40)
+    a = ap.parse_args()
+    data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
+    cfg = LLMConfig(max_steps=a.steps, batch_size=4, max_length=192, max_pairs=a.pairs, val_pairs=a.val_pairs,
+                    lr=a.lr, val_every=10**6)
+    t0 = time.perf_counter()
+    policy, metrics = finetune_llm(data, Path(a.out) / "policy", cfg, overwrite=True)
+    t1 = time.perf_counter()
+    front = write_front(Path(a.out) / "policy", data, Path(a.out), grid=a.grid, policy=policy)
+    t2 = time.perf_counter()
+    print(f"training {metrics['train_seconds']:.0f} s of {t1 - t0:.0f} s; front {t2 - t1:.0f} s")
+    for w, p, m in zip(front["weights"], front["points"], front["margins"]):
+        print(f"w={w[0]:.2f},{w[1]:.2f}  accuracy helpful {p[0]:.3f} harmless {p[1]:.3f}  "
+              f"margin {m[0]:+.4f} {m[1]:+.4f}")
+    print(f"hypervolume {front['hypervolume']:.4f}")

@@ -1,0 +1,103 @@
+"""LLM fronts: held-out preference accuracy per objective at each w (METHOD section 8).
+
+A pair counts as won when the policy's implicit-reward margin
+beta * ((s_c - s_c^ref) - (s_r - s_r^ref)) is positive; an exact tie counts a
+half, so the reference itself scores 0.5 on every objective (``base_point``).
+The front is the accuracy vector at each grid weight, with the mean margin
+beside it, and its hypervolume (reference point at the origin unless set),
+in the same ``front.json`` shape as ranking.
+
+Fronts are computed through ``scores_at(w)``, a function giving every
+sequence's log-prob under the model for w, so the conditioned policy, one
+DPO-LS model per w, and a soup all go through the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.tokenize import PreferenceSet
+from ..losses import sequence_logprobs
+from .metrics import hypervolume
+
+
+@torch.no_grad()
+def sequence_scores(policy, data: PreferenceSet, w=None, *, reference: bool = False, max_tokens: int = 4096,
+                    progress: bool = False, desc: str = "scoring") -> np.ndarray:
+    """log pi(y | x) of every sequence of ``data`` under ``w`` (or under the reference)."""
+    device = next(policy.parameters()).device
+    out = np.zeros(len(data.sequences), dtype=np.float64)
+    for ids in tqdm(data.sequence_batches(max_tokens), desc=desc, disable=not progress, leave=False):
+        b = data.pad(ids, device)
+        logits = (policy.reference_logits(b["input_ids"], b["attention_mask"]) if reference
+                  else policy(b["input_ids"], b["attention_mask"], w))
+        out[ids] = sequence_logprobs(logits, b["input_ids"], b["response_mask"]).double().cpu().numpy()
+    return out
+
+
+def margins(data: PreferenceSet, scores: np.ndarray, beta: float) -> np.ndarray:
+    """Implicit-reward margin of every record."""
+    if data.ref is None:
+        raise ValueError("the reference log-probs are not computed yet (PreferenceSet.ref)")
+    reward = beta * (scores - data.ref)
+    return reward[data.chosen] - reward[data.rejected]
+
+
+def preference_points(data: PreferenceSet, scores: np.ndarray, beta: float):
+    """(accuracy, mean margin) per objective; an objective without pairs gives NaN."""
+    m = margins(data, scores, beta)
+    won = (m > 0) + 0.5 * (m == 0)
+    acc = np.full(len(data.objectives), np.nan)
+    mean = np.full(len(data.objectives), np.nan)
+    for k in range(len(data.objectives)):
+        sel = data.objective == k
+        if sel.any():
+            acc[k], mean[k] = won[sel].mean(), m[sel].mean()
+    return acc, mean
+
+
+def preference_front(data: PreferenceSet, grid, scores_at: Callable[[np.ndarray], np.ndarray], beta: float,
+                     reference_point=None, progress: bool = False) -> dict:
+    grid = np.asarray(grid, dtype=np.float64)
+    points, mean_margins = [], []
+    for w in tqdm(grid, desc="front", disable=not progress):
+        acc, m = preference_points(data, scores_at(w), beta)
+        points.append(acc)
+        mean_margins.append(m)
+    points = np.array(points)
+    ref = np.zeros(len(data.objectives)) if reference_point is None else np.asarray(reference_point, float)
+    return {
+        "objectives": list(data.objectives),
+        "metric": "preference accuracy",
+        "weights": grid.tolist(),
+        "points": points.tolist(),
+        "margins": np.array(mean_margins).tolist(),
+        "hypervolume": hypervolume(points, ref),
+        "reference_point": ref.tolist(),
+        "base_point": [0.5] * len(data.objectives),
+        "pairs": data.counts(),
+        "beta": beta,
+    }
+
+
+def generation_front(generate_at: Callable[[np.ndarray], list[str]], prompts, grid,
+                     scorers: dict[str, Callable[[object, str], float]], reference_point=None) -> dict:
+    """Mean score per objective of the responses generated at each w.
+
+    ``generate_at(w)`` returns one response per prompt; ``scorers`` maps an
+    objective's name to ``f(prompt, response) -> float`` (higher is better).
+    """
+    grid = np.asarray(grid, dtype=np.float64)
+    points, samples = [], []
+    for w in grid:
+        responses = generate_at(w)
+        points.append([float(np.mean([f(p, r) for p, r in zip(prompts, responses)])) for f in scorers.values()])
+        samples.append(responses)
+    points = np.array(points)
+    ref = np.zeros(len(scorers)) if reference_point is None else np.asarray(reference_point, float)
+    return {"objectives": list(scorers), "metric": "mean score", "weights": grid.tolist(), "points": points.tolist(),
+            "hypervolume": hypervolume(points, ref), "reference_point": ref.tolist(), "samples": samples}

@@ -1,0 +1,127 @@
+"""Controlled generation: choose the trade-off w, and the temperature beta', per request.
+
+METHOD section 4: a policy trained at temperature beta serves any beta' by
+rescaling its deviation from the base; at decoding time we apply it to the
+next-token logits (a token-level approximation of the sequence-level
+identity):
+
+    z' = z_base + (beta / beta') * (z_theta - z_base)
+
+When beta' differs from beta, the tuned rows (adapters on, prefix on) and the
+base rows (adapters off through PEFT's mixed-adapter batches, prefix masked
+out) go through ONE batched forward per token, sharing one KV cache. Positions
+count attended tokens only, so the base rows see exactly what the base model
+sees without a prefix.
+
+Our own decoding loop (greedy or temperature / top-p sampling from a seeded
+generator) rather than ``model.generate``: the rescaling needs both halves'
+logits at each step, and one loop for both cases keeps them identical when
+beta' = beta.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .evaluation.metrics import check_simplex
+from .models.hpt import positions
+
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+def check_beta_prime(beta_prime: float | None) -> float | None:
+    if beta_prime is not None and not (beta_prime > 0 and beta_prime < float("inf")):
+        raise ValueError(f"--beta must be a finite number > 0, got {beta_prime}")
+    return beta_prime
+
+
+def _pick(logits, do_sample: bool, temperature: float, top_p: float, generator):
+    if not do_sample:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # the smallest set whose mass reaches top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_ids(policy, input_ids, attention_mask, w, *, ratio: float = 1.0, max_new_tokens: int = 64,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                 eos_token_id: int | None = None, pad_token_id: int = 0) -> torch.Tensor:
+    """New token ids (B, <= max_new_tokens) for LEFT-padded prompts, under trade-off ``w``.
+
+    ``ratio`` = beta / beta'; 1 serves the policy as trained, 0 serves the base alone.
+    """
+    lm, B = policy.model, input_ids.shape[0]
+    embeds, mask = policy._inputs(input_ids, attention_mask, w)
+    base_mask = mask.clone()
+    base_mask[:, :policy.cfg.n_tokens] = 0  # the base rows do not see the prefix
+    mix = ratio not in (0.0, 1.0)  # 0: the base alone, 1: the policy alone
+    kwargs = {}
+    if mix:
+        embeds, mask = torch.cat([embeds, embeds]), torch.cat([mask, base_mask])
+    elif ratio == 0.0:
+        mask = base_mask
+    if hasattr(lm, "peft_config") and ratio != 1.0:
+        kwargs["adapter_names"] = ([lm.active_adapter] * B if mix else []) + [BASE_ADAPTER] * B
+    generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+    pos = positions(mask)
+    out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
+    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    new = []
+    for _ in range(max_new_tokens):
+        z = out.logits[:, -1].float()
+        if mix:
+            z = z[B:] + ratio * (z[:B] - z[B:])
+        token = _pick(z, do_sample, temperature, top_p, generator)
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)
+        new.append(token)
+        if eos_token_id is not None:
+            done |= token == eos_token_id
+        if bool(done.all()):
+            break
+        step = torch.cat([token, token]) if mix else token
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        pos = pos[:, -1:] + 1
+        out = lm(input_ids=step[:, None], attention_mask=mask, position_ids=pos,
+                 past_key_values=out.past_key_values, use_cache=True, **kwargs)
+    return torch.stack(new, dim=1) if new else input_ids.new_zeros((B, 0))
+
+
+def encode_prompts(tokenizer, prompts, device="cpu"):
+    """Chat-templated, LEFT-padded prompt ids; a prompt is a string or a list of chat messages."""
+    rows = []
+    for p in prompts:
+        messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        rows.append(list(out["input_ids"] if hasattr(out, "keys") else out))
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r):] = torch.tensor(r)
+        mask[i, T - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def generate(policy, tokenizer, prompts, weights, *, beta: float = 1.0, beta_prime: float | None = None,
+             max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+             seed: int = 0, batch_size: int = 8, reference: bool = False) -> list[str]:
+    """Responses to ``prompts`` under trade-off ``weights`` (and temperature beta', if given).
+
+    ``beta`` is the temperature the policy was trained at (``policy.json``);
+    ``reference=True`` answers with the base model (beta' -> infinity).
+    """
+    w = torch.as_tensor(check_simplex(weights, policy.cfg.n_objectives), dtype=torch.float32)
+    ratio = 0.0 if reference else 1.0 if check_beta_prime(beta_prime) is None else beta / beta_prime
+    device = next(policy.parameters()).device
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = encode_prompts(tokenizer, prompts[start:start + batch_size], device)
+        new = generate_ids(policy, ids, mask, w.to(device), ratio=ratio, max_new_tokens=max_new_tokens,
+                           do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed + start,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        texts += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [t.strip() for t in texts]

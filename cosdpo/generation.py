@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from .data.tokenize import prompt_ids
 from .evaluation.metrics import check_simplex
 from .models.hpt import positions
 
@@ -92,11 +93,7 @@ def generate_ids(policy, input_ids, attention_mask, w, *, ratio: float = 1.0, ma
 
 def encode_prompts(tokenizer, prompts, device="cpu"):
     """Chat-templated, LEFT-padded prompt ids; a prompt is a string or a list of chat messages."""
-    rows = []
-    for p in prompts:
-        messages = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
-        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        rows.append(list(out["input_ids"] if hasattr(out, "keys") else out))
+    rows = [prompt_ids(tokenizer, p) for p in prompts]
     T = max(len(r) for r in rows)
     ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), T), dtype=torch.long)

@@ -7,26 +7,12 @@ tokenizers = pytest.importorskip("tokenizers")
 from cosdpo.data.tokenize import encode, pad_sequences  # noqa: E402
 from cosdpo.losses import dpo, lipo, sequence_logprobs  # noqa: E402
 
-CHAT = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """A byte-level BPE tokenizer built in memory (vocab 300) with a chat template."""
-    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from tests.tiny_llm import make_tokenizer
 
-    tok = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["hello world how are you", "the cat sat on the mat", "short answer please"] * 20,
-                            trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                special_tokens=["<pad>", "<s>", "</s>", "<unk>", "<|user|>",
-                                                                "<|assistant|>"]))
-    t = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                             eos_token="</s>", unk_token="<unk>")
-    t.chat_template = CHAT
-    return t
+    return make_tokenizer()
 
 
 def test_encode_marks_exactly_the_response(tokenizer):

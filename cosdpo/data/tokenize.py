@@ -19,9 +19,15 @@ def _ids(out) -> list[int]:
     return list(out["input_ids"] if isinstance(out, Mapping) else out)
 
 
+def prompt_ids(tokenizer, prompt) -> list[int]:
+    """A prompt (a string or chat messages) through the tokenizer's chat template, ready for an answer."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+
+
 def encode(tokenizer, prompt, response: str, max_length: int):
     """(prompt ids, response ids), or None when the pair does not fit in ``max_length`` tokens."""
-    p = _ids(tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True))
+    p = prompt_ids(tokenizer, prompt)
     r = _ids(tokenizer(response, add_special_tokens=False)) + [tokenizer.eos_token_id]
     return None if len(p) + len(r) > max_length else (p, r)
 

@@ -29,20 +29,20 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from ..atomic import atomic_file, write_json
-from ..data.preferences import LoadReport, load_many, split_pairs
+from ..data.preferences import load_many, split_pairs
 from ..data.tokenize import PreferenceSet
 from ..evaluation.metrics import check_simplex, weight_grid
 from ..evaluation.preference import preference_front, sequence_scores
 from ..losses import dpo, sequence_logprobs, weight_cos
 from ..models.hpt import HPTModel
 from ..evaluation.plot import plot_fronts
-from ..models.llm import DEFAULT_MODEL, LORA_TARGETS, add_lora, load_base, load_policy, read_policy_info, save_policy
+from ..models.llm import (DEFAULT_MODEL, LORA_TARGETS, POLICY_FILE, add_lora, load_base, load_policy,
+                          read_policy_info, save_policy)
 from ..models.ranker import count_trainable
-from .loop import TrainConfig, draw_weights, make_accelerator, train
+from .loop import TrainConfig, draw_weights, job_settings, make_accelerator, prepare_out, train
 
 LLM_METHODS = ("wcos", "fixed")
 REFERENCE_FILE = "reference_logprobs.safetensors"
-RESUMABLE = ("epochs", "max_steps", "progress", "patience", "checkpoint_every")
 
 
 @dataclass
@@ -106,32 +106,37 @@ def _cap(data: PreferenceSet, n: int, seed: int) -> PreferenceSet:
     return data.subset(np.sort(np.concatenate(keep)))
 
 
-def load_split(data: str, tokenizer, cfg: LLMConfig, fmt: str | None = None, split: str = "train"):
-    """(PreferenceSet, objectives, report) for ``split`` = train | held-out | all.
+def load_splits(data: str, tokenizer, cfg: LLMConfig, fmt: str | None = None, splits=("train", "held-out")):
+    """({split: PreferenceSet}, objectives, report) for splits among train | held-out | all.
 
-    The held-out prompts are the same for every job with the same data,
-    ``held_out`` and ``split_seed``, so ``llm front`` measures on prompts the
-    training never saw.
+    The data is read once. The held-out prompts are the same for every job
+    with the same data, ``held_out`` and ``split_seed``, so ``llm front``
+    measures on prompts the training never saw. The report counts the rows
+    the loaders skipped and, in the splits read, the pairs over ``max_length``.
     """
     pairs, found, report = load_many(data, fmt)
     objectives = list(cfg.objectives) or found
     unknown = [o for o in objectives if o not in found]
     if unknown:
         raise ValueError(f"the data names objectives {found}, not {unknown}")
-    if split != "all":
-        train_pairs, held = split_pairs(pairs, cfg.held_out, cfg.split_seed)
-        pairs = train_pairs if split == "train" else held
-    split_report = LoadReport()
-    split_report.kept.update({o: sum(p.objective == o for p in pairs) for o in objectives})
-    data_set = PreferenceSet.build(pairs, tokenizer, objectives, cfg.max_length, split_report)
-    # capped after the length filter, so that --max-pairs is what training gets
-    data_set = _cap(data_set, cfg.max_pairs if split == "train" else cfg.val_pairs, cfg.split_seed)
-    for o, n in data_set.counts().items():
-        if n == 0:
-            raise ValueError(f"no {split} pairs left for objective {o!r} (max_length {cfg.max_length}?)")
-    report.skipped.update(split_report.skipped)
-    report.examples.update({k: v for k, v in split_report.examples.items() if k not in report.examples})
-    return data_set, objectives, report
+    train_pairs, held = split_pairs(pairs, cfg.held_out, cfg.split_seed) if set(splits) - {"all"} else ([], [])
+    out = {}
+    for split in splits:
+        chosen = {"train": train_pairs, "held-out": held, "all": pairs}[split]
+        data_set = PreferenceSet.build(chosen, tokenizer, objectives, cfg.max_length, report)
+        # capped after the length filter, so that --max-pairs is what training gets
+        data_set = _cap(data_set, cfg.max_pairs if split == "train" else cfg.val_pairs, cfg.split_seed)
+        for o, n in data_set.counts().items():
+            if n == 0:
+                raise ValueError(f"no {split} pairs left for objective {o!r} (max_length {cfg.max_length}?)")
+        out[split] = data_set
+    return out, objectives, report
+
+
+def load_split(data: str, tokenizer, cfg: LLMConfig, fmt: str | None = None, split: str = "train"):
+    """One split of ``load_splits``: (PreferenceSet, objectives, report)."""
+    sets, objectives, report = load_splits(data, tokenizer, cfg, fmt, (split,))
+    return sets[split], objectives, report
 
 
 def build_policy(base, cfg: LLMConfig, n_objectives: int) -> HPTModel:
@@ -212,16 +217,6 @@ class PreferenceTask:
         return preference_front(self.vali, self.grid, scores_at, self.cfg.beta)["hypervolume"]
 
 
-def _job(cfg: LLMConfig, **extra) -> dict:
-    return {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE} | extra
-
-
-def _prepare_out(out: Path, resume: bool, overwrite: bool):
-    if not resume and ((out / "policy.json").exists() or (out / "checkpoint").exists()) and not overwrite:
-        raise FileExistsError(f"{out} already holds a policy or checkpoint: pass --resume to continue it, "
-                              f"--overwrite to replace it, or choose another --out")
-
-
 def finetune_llm(data: str, out, cfg: LLMConfig, *, fmt: str | None = None, resume: bool = False,
                  overwrite: bool = False, accelerator: Accelerator | None = None, base=None,
                  reference_file=None, log=print) -> tuple[HPTModel, dict]:
@@ -231,11 +226,11 @@ def finetune_llm(data: str, out, cfg: LLMConfig, *, fmt: str | None = None, resu
     ``reference_file`` shares one reference cache between runs on the same data.
     """
     out = Path(out)
-    _prepare_out(out, resume, overwrite)
+    prepare_out(out, resume, overwrite, POLICY_FILE)
     acc = accelerator or make_accelerator()
     model, tokenizer = base or load_base(cfg.model)
-    train_set, objectives, report = load_split(data, tokenizer, cfg, fmt, "train")
-    vali, _, _ = load_split(data, tokenizer, cfg, fmt, "held-out")
+    sets, objectives, report = load_splits(data, tokenizer, cfg, fmt)
+    train_set, vali = sets["train"], sets["held-out"]
     if cfg.fixed_weights is not None:
         check_simplex(cfg.fixed_weights, len(objectives))
     set_seed(cfg.seed)
@@ -252,7 +247,7 @@ def finetune_llm(data: str, out, cfg: LLMConfig, *, fmt: str | None = None, resu
         log(report.summary())
         log(f"training pairs {train_set.counts()}, validation pairs {vali.counts()}")
     state = train(policy, PreferenceTask(cfg, vali), train_set, cfg, out,
-                  job=_job(cfg, data=data, objectives=objectives), resume=resume, accelerator=acc,
+                  job=job_settings(cfg, data=data, objectives=objectives), resume=resume, accelerator=acc,
                   desc=f"llm {cfg.method}")
     metrics = {"train_seconds": round(state.seconds, 3), "steps": state.global_step, "epochs_run": state.epoch,
                "best_val": state.best, "trainable_params": count_trainable(policy), "processes": acc.num_processes,
@@ -269,11 +264,6 @@ def finetune_llm(data: str, out, cfg: LLMConfig, *, fmt: str | None = None, resu
     return policy, metrics
 
 
-def config_of(model_dir) -> LLMConfig:
-    """The LLMConfig a policy folder was trained with."""
-    return LLMConfig(**read_policy_info(model_dir)["config"])
-
-
 def write_front(model_dir, data: str | None, out, *, grid: int | None = None, split: str = "held-out",
                 max_pairs: int | None = None, fmt: str | None = None, policy=None, tokenizer=None,
                 progress: bool = True) -> dict:
@@ -285,11 +275,12 @@ def write_front(model_dir, data: str | None, out, *, grid: int | None = None, sp
     """
     if split not in ("held-out", "all"):
         raise ValueError(f"split must be held-out or all, got {split!r}")
-    cfg = config_of(model_dir)
+    info = read_policy_info(model_dir)
+    cfg = LLMConfig(**info["config"])
     if max_pairs is not None:
         cfg.val_pairs = max_pairs
-    data = data or read_policy_info(model_dir)["data"]
-    weights = weight_grid(len(read_policy_info(model_dir)["objectives"]), grid, "lattice", cfg.seed)
+    data = data or info["data"]
+    weights = weight_grid(len(info["objectives"]), grid, "lattice", cfg.seed)
     if policy is None:
         policy, tokenizer, _ = load_policy(model_dir)
     elif tokenizer is None:

@@ -76,6 +76,22 @@ class TrainConfig:
             raise ValueError(f"grad_accum ({self.grad_accum}) cannot exceed batch_size ({self.batch_size})")
 
 
+# settings that may change when a run is resumed
+RESUMABLE = ("epochs", "max_steps", "progress", "patience", "checkpoint_every")
+
+
+def job_settings(cfg, **extra) -> dict:
+    """What a checkpoint must have been made with for ``--resume`` to continue it."""
+    return {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE} | extra
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool, marker: str):
+    """Refuse to train over a finished model (``marker``) or a checkpoint unless told to."""
+    if not resume and ((out / marker).exists() or (out / CHECKPOINT).exists()) and not overwrite:
+        raise FileExistsError(f"{out} already holds a model or checkpoint: pass --resume to continue it, "
+                              f"--overwrite to replace it, or choose another --out")
+
+
 def draw_weights(seed: int, step: int, alpha: float, k: int) -> torch.Tensor:
     """w ~ Dir(alpha) for one step; it depends only on (seed, step), so every process
     and every resumed run draws the same w."""

@@ -8,7 +8,7 @@ model.safetensors), ``metrics.json`` and ``train_log.json`` to ``out``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +25,9 @@ from ..evaluation.metrics import check_simplex, weight_grid
 from ..losses import TRANSFORMS, lipo, listnet, weight_cos
 from ..models.ranker import (PARAMETRISATIONS, BaseRanker, ConditionedRanker, ScorerConfig, count_trainable,
                              load_ranker, save_ranker)
-from .loop import TrainConfig, TrainState, draw_weights, make_accelerator, train
+from .loop import TrainConfig, TrainState, draw_weights, job_settings, make_accelerator, prepare_out, train
 
 TRAIN_METHODS = ("wcos", "tcos", "fixed", "modpo")
-
-# settings that may change when a run is resumed
-RESUMABLE = ("epochs", "max_steps", "progress", "patience", "checkpoint_every")
-
 
 def _scorer(cfg: ScorerConfig) -> ScorerConfig:
     """The network part of a job config (which also holds training options)."""
@@ -199,19 +195,6 @@ class MODPOTask(WeightCOSTask):
         return losses[0]
 
 
-def _prepare_out(out: Path, resume: bool, overwrite: bool):
-    if resume:
-        return
-    if (out / "config.json").exists() or (out / "checkpoint").exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} already holds a model or checkpoint: pass --resume to continue it, "
-                                  f"--overwrite to replace it, or choose another --out")
-
-
-def _job(cfg, **extra) -> dict:
-    return {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE} | extra
-
-
 def _finish(model, state: TrainState, out: Path, acc: Accelerator, extra: dict) -> dict:
     metrics = {
         "train_seconds": round(state.seconds, 3),
@@ -235,7 +218,7 @@ def train_base(data, out, cfg: BaseConfig | None = None, *, resume: bool = False
     """Train the base ranker on ``data`` (Fold directory or single LETOR file)."""
     cfg = cfg or BaseConfig()
     out = Path(out)
-    _prepare_out(out, resume, overwrite)
+    prepare_out(out, resume, overwrite, "config.json")
     acc = accelerator or make_accelerator()
     width = dataset_width(data)
     schema = make_schema(width, cfg.exclude, max_label=cfg.max_label).with_objectives([])
@@ -245,7 +228,7 @@ def train_base(data, out, cfg: BaseConfig | None = None, *, resume: bool = False
     model = BaseRanker(schema, _scorer(cfg))
     model.norm.fit(train_set.features)
     model.to(acc.device)
-    state = train(model, ListNetTask(vali, cfg.k), train_set, cfg, out, job=_job(cfg, data=str(data)),
+    state = train(model, ListNetTask(vali, cfg.k), train_set, cfg, out, job=job_settings(cfg, data=str(data)),
                   resume=resume, accelerator=acc, desc="base")
     return model, _finish(model, state, out, acc, {"val_ndcg": state.best, "data": str(data)})
 
@@ -260,7 +243,7 @@ def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, 
     models (or their folders), whose implicit rewards become margins.
     """
     out = Path(out)
-    _prepare_out(out, resume, overwrite)
+    prepare_out(out, resume, overwrite, "config.json")
     acc = accelerator or make_accelerator()
     base = load_ranker(base_dir)
     if not isinstance(base, BaseRanker):
@@ -283,7 +266,7 @@ def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, 
                               cfg.beta_range).to(acc.device)
     task = (MODPOTask if cfg.method == "modpo" else WeightCOSTask)(cfg, vali)
     state = train(model, task, train_set, cfg, out,
-                  job=_job(cfg, data=str(data), base=str(Path(base_dir).resolve())), resume=resume,
+                  job=job_settings(cfg, data=str(data), base=str(Path(base_dir).resolve())), resume=resume,
                   accelerator=acc, desc=cfg.method)
     return model, _finish(model, state, out, acc, {"val_hypervolume": state.best, "data": str(data),
                                                     "objectives": list(cfg.objectives)})

@@ -1,12 +1,14 @@
 """A short Weight-COS-DPO run of SmolLM2-135M-Instruct on the HH-RLHF sample, and its front.
 
-    python benchmarks/hh_front.py --out runs/hh [--steps 48] [--grid 5]
+    python benchmarks/hh_front.py --out runs/hh [--steps 160] [--grid 5] [--max-length 160]
 
 Helpful and harmless are the two objectives (../shared/data/hh-rlhf). The
 run fine-tunes LoRA + Hyper Prompt Tuning for --steps steps, then measures
 held-out preference accuracy and mean implicit-reward margin at each grid
 weight, and writes front.json / front.png (what ``cosdpo llm front`` writes).
-CPU sized: batch 4, at most 192 tokens per pair.
+CPU sized: batch 4, pairs of at most --max-length tokens (160 keeps 624
+helpful and 725 harmless training pairs, 70 and 81 held out), one pass over
+--pairs pairs per objective.
 """
 
 import argparse
@@ -20,19 +22,22 @@ HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf"
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/hh")
-    ap.add_argument("--steps", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=160)
     ap.add_argument("--grid", type=int, default=5)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--pairs", type=int, default=100)
-    ap.add_argument("--val-pairs", type=int, default=40)
+    ap.add_argument("--pairs", type=int, default=320)
+    ap.add_argument("--val-pairs", type=int, default=16, help="held-out pairs per objective for the end-of-run check")
+    ap.add_argument("--front-pairs", type=int, default=100, help="held-out pairs per objective for the front")
+    ap.add_argument("--max-length", type=int, default=160)
     a = ap.parse_args()
     data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
-    cfg = LLMConfig(max_steps=a.steps, batch_size=4, max_length=192, max_pairs=a.pairs, val_pairs=a.val_pairs,
+    cfg = LLMConfig(max_steps=a.steps, batch_size=4, max_length=a.max_length, max_pairs=a.pairs, val_pairs=a.val_pairs,
                     lr=a.lr, val_every=10**6)
     t0 = time.perf_counter()
     policy, metrics = finetune_llm(data, Path(a.out) / "policy", cfg, overwrite=True)
     t1 = time.perf_counter()
-    front = write_front(Path(a.out) / "policy", data, Path(a.out), grid=a.grid, policy=policy)
+    front = write_front(Path(a.out) / "policy", data, Path(a.out), grid=a.grid, policy=policy,
+                        max_pairs=a.front_pairs)
     t2 = time.perf_counter()
     print(f"training {metrics['train_seconds']:.0f} s of {t1 - t0:.0f} s; front {t2 - t1:.0f} s")
     for w, p, m in zip(front["weights"], front["points"], front["margins"]):

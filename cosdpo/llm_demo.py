@@ -1,10 +1,15 @@
 """``cosdpo llm demo``: one conditioned LLM whose behaviour follows w, offline, on a CPU.
 
-1. The real SmolLM2-135M-Instruct samples several answers per prompt.
+1. The real SmolLM2-135M-Instruct samples several answers per prompt: half
+   to the plain question, half to the question with "Answer in one
+   sentence." appended, so that complete short answers exist next to long
+   ones (its plain answers run past any budget a CPU demo can afford, and
+   answers cut at the same budget differ by a word or two: no signal).
 2. Two programmatic objectives label them: ``brevity`` (fewer words) and
    ``detail`` (more distinct words), which conflict. Every pair of answers
-   with different scores becomes a preference pair for that objective,
-   written as plain jsonl files (the generic format users bring).
+   to the same plain question whose scores differ by at least ``MIN_GAP``
+   becomes a preference pair for that objective, written as plain jsonl
+   files (the generic format users bring).
 3. Weight-COS-DPO (LoRA + Hyper Prompt Tuning) trains on both files.
 4. On held-out prompts, greedy answers under w = (1,0), (0.5,0.5), (0,1), and
    the base, are scored by the same two objectives: a generation front.
@@ -48,6 +53,8 @@ def detail(prompt, response: str) -> float:
 
 
 SCORERS = {"brevity": brevity, "detail": detail}
+BRIEF = " Answer in one sentence."
+MIN_GAP = 0.1  # score difference below which a pair is noise, not a preference
 
 
 def make_pairs(prompts, answers, out_dir: Path) -> str:
@@ -59,7 +66,7 @@ def make_pairs(prompts, answers, out_dir: Path) -> str:
             s = [score(prompt, a) for a in cands]
             for i in range(len(cands)):
                 for j in range(len(cands)):
-                    if s[i] > s[j] and cands[i].strip() and cands[j].strip() and cands[i] != cands[j]:
+                    if s[i] >= s[j] + MIN_GAP and cands[i].strip() and cands[j].strip() and cands[i] != cands[j]:
                         rows.append({"prompt": prompt, "chosen": cands[i], "rejected": cands[j]})
         path = out_dir / f"{name}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +76,7 @@ def make_pairs(prompts, answers, out_dir: Path) -> str:
 
 
 def run_llm_demo(out, *, model: str = DEFAULT_MODEL, samples: int = 4, steps: int = 30, new_tokens: int = 48,
-                 lr: float = 3e-3, seed: int = 0, progress: bool = True, log=print) -> dict:
+                 lr: float = 1e-3, seed: int = 0, progress: bool = True, log=print) -> dict:
     out = Path(out)
     t0 = time.perf_counter()
     base, tokenizer = load_base(model)
@@ -77,7 +84,8 @@ def run_llm_demo(out, *, model: str = DEFAULT_MODEL, samples: int = 4, steps: in
     sampler = HPTModel.wrap(base, 1, n_tokens=1, conditioned=False)
     answers = [[] for _ in TRAIN_PROMPTS]
     for k in range(samples):
-        texts = generate(sampler, tokenizer, TRAIN_PROMPTS, [1.0], reference=True, max_new_tokens=new_tokens,
+        asked = [p + BRIEF for p in TRAIN_PROMPTS] if k % 2 else TRAIN_PROMPTS
+        texts = generate(sampler, tokenizer, asked, [1.0], reference=True, max_new_tokens=new_tokens,
                          do_sample=True, temperature=1.0, top_p=0.95, seed=seed + 1000 * k, batch_size=20)
         for row, t in zip(answers, texts):
             row.append(t)
@@ -106,5 +114,5 @@ def run_llm_demo(out, *, model: str = DEFAULT_MODEL, samples: int = 4, steps: in
                           "generation": round(t3 - t2, 1), "total": round(t3 - t0, 1)}}
     write_json(out / "demo.json", result)
     plot_fronts({"Weight-COS-DPO, greedy answers": front}, out / "front.png",
-                title="Held-out prompts: mean objective scores of the answers at each w")
+                title="Held-out prompts: mean answer scores at each w")
     return result

@@ -72,6 +72,16 @@ def test_mask_starts_at_one():
     torch.testing.assert_close(out, m.hpt.prefix.detach(), atol=0.02, rtol=0.05)
 
 
+def test_w_enters_the_mlps_standardised(hpt):
+    """The MLPs see (w - 1/K) * scale with the Dir(alpha) std: raw w was too faint to condition on."""
+    w = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    h = hpt.hpt
+    z = (w - 0.5) * ((2 * h.cfg.alpha + 1) / 0.25) ** 0.5
+    mask = h.mlp_a(z).view(2, 3, 2) @ h.mlp_b(z).view(2, 2, 32)
+    torch.testing.assert_close(h(w), h.prefix * mask)
+    assert not torch.allclose(h(w), h.prefix * (h.mlp_a(w).view(2, 3, 2) @ h.mlp_b(w).view(2, 2, 32)))
+
+
 def test_reference_is_the_base_without_adapters_or_prefix(hpt):
     ids, mask = batch()
     base = hpt.model.get_base_model()

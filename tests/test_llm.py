@@ -101,6 +101,38 @@ def test_cached_reference_gives_the_same_training(tiny_llm, tiny_pairs, tmp_path
                                                              cfg_for(tiny_llm), 2))[k]) for k, v in sa.items())
 
 
+def test_reference_cache_recomputes_only_changed_sets(tiny_llm, tiny_pairs, tmp_path, monkeypatch):
+    import cosdpo.training.llm as llm
+
+    base, tok = load_base(str(tiny_llm))
+    cfg = cfg_for(tiny_llm)
+    train, objectives, _ = load_split(tiny_pairs, tok, cfg, None, "train")
+    held, _, _ = load_split(tiny_pairs, tok, cfg, None, "held-out")
+    policy = build_policy(base, cfg, len(objectives))
+    path = tmp_path / "ref.safetensors"
+    llm.reference_logprobs(policy, {"train": train, "vali": held}, cfg, path, progress=False)
+    expect_train = train.ref.copy()
+    scored = []
+    real = llm.sequence_scores
+    monkeypatch.setattr(llm, "sequence_scores", lambda p, s, **kw: scored.append(kw["desc"]) or real(p, s, **kw))
+
+    def copy(data, n):  # the same records, ref cleared (subset carries it over)
+        out = data.subset(np.arange(n))
+        expect, out.ref = out.ref, None
+        return out, expect
+
+    (train2, _), (held2, h2) = copy(train, len(train)), copy(held, len(held))
+    llm.reference_logprobs(policy, {"train": train2, "vali": held2}, cfg, path, progress=False)
+    assert scored == []  # same model, same sequences: all read back
+    np.testing.assert_array_equal(train2.ref, expect_train)
+    np.testing.assert_array_equal(held2.ref, h2)
+    (train3, _), (held3, h3) = copy(train, len(train)), copy(held, len(held) - 1)
+    llm.reference_logprobs(policy, {"train": train3, "vali": held3}, cfg, path, progress=False)
+    assert scored == ["reference log-probs (vali)"]  # only the changed set is scored again
+    np.testing.assert_array_equal(train3.ref, expect_train)
+    np.testing.assert_allclose(held3.ref, h3, atol=1e-5)
+
+
 def test_gradient_accumulation_takes_the_same_step(tiny_llm, tiny_pairs, tmp_path):
     a, _ = finetune_llm(tiny_pairs, tmp_path / "a", cfg_for(tiny_llm, max_steps=3), log=quiet)
     b, _ = finetune_llm(tiny_pairs, tmp_path / "b", cfg_for(tiny_llm, max_steps=3, grad_accum=4), log=quiet)
@@ -132,7 +164,7 @@ def test_saved_policy_loads_back_exactly(tiny_llm, tiny_pairs, tmp_path):
 
 def test_weights_move_the_margins(tiny_llm, tiny_pairs, tmp_path):
     """After training, raising w_k raises objective k's mean margin on the training pairs."""
-    cfg = cfg_for(tiny_llm, max_steps=100, lr=3e-2, beta=1.0, alpha=0.1, val_every=10**6)
+    cfg = cfg_for(tiny_llm, max_steps=100, lr=1e-2, beta=1.0, alpha=0.1, val_every=10**6)
     policy, _ = finetune_llm(tiny_pairs, tmp_path / "p", cfg, log=quiet)
     data, _, _ = load_split(tiny_pairs, load_base(str(tiny_llm))[1], cfg, None, "train")
     data.ref = sequence_scores(policy, data, reference=True)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import ndcg_score
 
-from cosdpo.evaluation.metrics import check_simplex, hypervolume, mean_ndcg, ndcg_per_group, weight_grid
+from cosdpo.evaluation.metrics import (check_simplex, dirichlet_standardiser, hypervolume, mean_ndcg, ndcg_per_group,
+                                      weight_grid)
 
 
 def test_ndcg_matches_sklearn_with_padding():
@@ -83,3 +84,12 @@ def test_check_simplex():
             check_simplex(bad)
     with pytest.raises(ValueError, match="2 objectives"):
         check_simplex([0.2, 0.3, 0.5], 2)
+
+
+@pytest.mark.parametrize("k,alpha", [(2, 0.3), (2, 1.0), (3, 0.1), (5, 0.3)])
+def test_dirichlet_standardiser_against_samples(k, alpha):
+    w = np.random.default_rng(0).dirichlet(np.full(k, alpha), size=200_000)
+    center, scale = dirichlet_standardiser(k, alpha)
+    z = (w - center) * scale
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=0.01)
+    np.testing.assert_allclose(z.std(0), 1.0, atol=0.01)

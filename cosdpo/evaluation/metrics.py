@@ -92,6 +92,14 @@ def weight_grid(k: int, n: int | None = None, kind: str = "lattice", seed: int =
     raise ValueError(f"unknown grid kind {kind!r}; choose lattice or dirichlet")
 
 
+def dirichlet_standardiser(k: int, alpha: float) -> tuple[float, float]:
+    """(center, scale) so that (w - center) * scale has mean 0 and std 1 per entry
+    under Dir(alpha): a network fed raw w (std ~0.4 or less) learns to ignore it."""
+    if k == 1:
+        return 1.0, 1.0
+    return 1.0 / k, math.sqrt((k * alpha + 1) / ((1 / k) * (1 - 1 / k)))
+
+
 def check_simplex(w, k: int | None = None, atol: float = 1e-6) -> np.ndarray:
     """Validate a weight vector: K entries, non-negative, summing to 1."""
     w = np.asarray(w, dtype=np.float64)

@@ -26,6 +26,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ..atomic import atomic_file, write_json
+from ..evaluation.metrics import dirichlet_standardiser
 
 HPT_WEIGHTS, HPT_CONFIG = "hpt.safetensors", "hpt_config.json"
 
@@ -44,10 +45,13 @@ class HPTConfig:
     rank: int = 4  # r
     hidden: int = 64
     conditioned: bool = True  # False: plain prompt tuning, one prefix for every w (the baselines' prompt)
+    alpha: float = 0.3  # the Dirichlet concentration of training's w: w enters the MLPs standardised under it
 
     def __post_init__(self):
         if min(self.n_objectives, self.width, self.n_tokens, self.rank, self.hidden) < 1:
             raise ValueError(f"every HPT size must be >= 1, got {asdict(self)}")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
 
 
 class HyperPrompt(nn.Module):
@@ -60,6 +64,9 @@ class HyperPrompt(nn.Module):
         self.prefix = nn.Parameter(init_prefix.clone() if init_prefix is not None else torch.randn(n, d) * 0.02)
         if not cfg.conditioned:
             return
+        # raw w barely moves the MLPs' hidden units, so the corners got nearly the
+        # same prefix (measured on the demo: docs/llm.md); standardised, they do not
+        self.w_center, self.w_scale = dirichlet_standardiser(cfg.n_objectives, cfg.alpha)
         self.mlp_a = nn.Sequential(nn.Linear(cfg.n_objectives, h), nn.GELU(), nn.Linear(h, n * r))
         self.mlp_b = nn.Sequential(nn.Linear(cfg.n_objectives, h), nn.GELU(), nn.Linear(h, r * d))
         # start with M = A B = 1 everywhere (the prefix as initialised, for every w);
@@ -73,6 +80,7 @@ class HyperPrompt(nn.Module):
         n, r, d = self.cfg.n_tokens, self.cfg.rank, self.cfg.width
         if not self.cfg.conditioned:
             return self.prefix.expand(B, n, d)
+        w = (w - self.w_center) * self.w_scale
         mask = self.mlp_a(w).view(B, n, r) @ self.mlp_b(w).view(B, r, d)
         return self.prefix * mask
 
@@ -87,12 +95,12 @@ class HPTModel(nn.Module):
 
     @classmethod
     def wrap(cls, model, n_objectives: int, n_tokens: int = 8, rank: int = 4, hidden: int = 64, seed: int = 0,
-             conditioned: bool = True):
+             conditioned: bool = True, alpha: float = 0.3):
         """Wrap ``model``; the prefix starts as the embeddings of ``n_tokens`` random vocabulary tokens."""
         emb = model.get_input_embeddings().weight
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, emb.shape[0], (n_tokens,), generator=g)
-        cfg = HPTConfig(n_objectives, emb.shape[1], n_tokens, rank, hidden, conditioned)
+        cfg = HPTConfig(n_objectives, emb.shape[1], n_tokens, rank, hidden, conditioned, alpha)
         return cls(model, cfg, emb[ids].detach().float())
 
     def _inputs(self, input_ids, attention_mask, w):

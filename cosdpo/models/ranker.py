@@ -16,7 +16,6 @@ post-training temperature control). Two parametrisations (METHOD 3):
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from torch import nn
 
 from ..atomic import atomic_file, write_json
 from ..data.objectives import Schema
+from ..evaluation.metrics import dirichlet_standardiser
 
 PARAMETRISATIONS = ("scratch", "augment")
 METHODS = ("wcos", "tcos", "fixed")  # fixed: unconditioned (baselines), w is ignored
@@ -145,8 +145,7 @@ class ConditionedRanker(nn.Module):
         # distributions, as the features do: raw w (std ~0.3 among 131
         # unit-scale features) is too faint, and the network learns to ignore it
         K = self.n_objectives
-        self.w_center = 1.0 / K
-        self.w_scale = 1.0 if K == 1 else math.sqrt((K * self.alpha + 1) / ((1 / K) * (1 - 1 / K)))
+        self.w_center, self.w_scale = dirichlet_standardiser(K, self.alpha)
         self.b_scale = 1.0 / max(float(np.std(beta_hat_samples(K, self.beta_range))), 1e-6)
         self.base = base.requires_grad_(False).eval()
         n_cond = {"wcos": K, "tcos": 2 * K, "fixed": 0}[method]

@@ -142,7 +142,7 @@ def load_split(data: str, tokenizer, cfg: LLMConfig, fmt: str | None = None, spl
 def build_policy(base, cfg: LLMConfig, n_objectives: int) -> HPTModel:
     lora = add_lora(base, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.seed)
     return HPTModel.wrap(lora, n_objectives, cfg.prompt_tokens, cfg.prompt_rank, cfg.prompt_hidden, cfg.seed,
-                         conditioned=cfg.method == "wcos")
+                         conditioned=cfg.method == "wcos", alpha=cfg.alpha)
 
 
 def _fingerprint(model_name: str, data: PreferenceSet) -> str:
@@ -154,16 +154,20 @@ def _fingerprint(model_name: str, data: PreferenceSet) -> str:
 
 def reference_logprobs(policy, sets: dict[str, PreferenceSet], cfg: LLMConfig, path: Path | None,
                        progress: bool = True):
-    """Fill each set's ``ref``, reading ``path`` when it was made from the same model and sequences."""
+    """Fill each set's ``ref``, reading from ``path`` every set made from the same model and sequences
+    (a run that changes only the validation pairs recomputes only those)."""
     prints = {name: _fingerprint(cfg.model, s) for name, s in sets.items()}
+    todo = dict(sets)
     if path is not None and path.is_file():
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-            if all(meta.get(name) == fp for name, fp in prints.items()):
-                for name, s in sets.items():
+            for name, s in sets.items():
+                if meta.get(name) == prints[name]:
                     s.ref = f.get_tensor(name).double().numpy()
-                return
-    for name, s in sets.items():
+                    del todo[name]
+    if not todo:
+        return
+    for name, s in todo.items():
         s.ref = sequence_scores(policy, s, reference=True, max_tokens=cfg.max_tokens, progress=progress,
                                 desc=f"reference log-probs ({name})")
     if path is not None:

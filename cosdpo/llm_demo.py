@@ -63,6 +63,7 @@ def make_pairs(prompts, answers, out_dir: Path) -> str:
     for name, score in SCORERS.items():
         rows = []
         for prompt, cands in zip(prompts, answers):
+            cands = list(dict.fromkeys(cands))  # a repeated sample would repeat its pairs
             s = [score(prompt, a) for a in cands]
             for i in range(len(cands)):
                 for j in range(len(cands)):

@@ -234,3 +234,13 @@ def test_config_fails_early():
         LLMConfig(held_out=1.0)
     with pytest.raises(ValueError, match="grad_accum"):
         LLMConfig(batch_size=2, grad_accum=4)
+
+
+def test_compare_config_refuses_bad_methods_before_training(tiny_llm):
+    from cosdpo.training.llm_compare import LLMCompareConfig
+
+    assert LLMCompareConfig(cfg_for(tiny_llm), methods=(" wcos", "soup ")).methods == ("wcos", "soup")
+    with pytest.raises(ValueError, match="unknown methods \\['modpo'\\]"):  # ranking only
+        LLMCompareConfig(cfg_for(tiny_llm), methods=("wcos", "modpo"))
+    with pytest.raises(ValueError, match="leave method at wcos"):
+        LLMCompareConfig(cfg_for(tiny_llm, method="fixed", fixed_weights=(1.0, 0.0)))

@@ -38,6 +38,18 @@ from .ltr import FinetuneConfig, finetune
 METHOD_NAMES = {"wcos": "Weight-COS-DPO", "ls": "DPO-LS", "soup": "DPO Soup", "modpo": "MO-DPO"}
 
 
+def check_methods(methods, known, train_method: str) -> tuple[str, ...]:
+    """The stripped method names, refused before any training when one is unknown
+    or the shared training settings are not Weight-COS-DPO's (ranking and LLM comparisons)."""
+    methods = tuple(m.strip() for m in methods)
+    bad = [m for m in methods if m not in known]
+    if bad or not methods:
+        raise ValueError(f"unknown methods {bad}; choose from {', '.join(known)}")
+    if train_method != "wcos":
+        raise ValueError("the comparison trains Weight-COS-DPO itself: leave method at wcos")
+    return methods
+
+
 @dataclass
 class CompareConfig:
     train: FinetuneConfig  # the settings every model is trained with (objectives included)
@@ -48,12 +60,7 @@ class CompareConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.methods = tuple(m.strip() for m in self.methods)
-        bad = [m for m in self.methods if m not in METHOD_NAMES]
-        if bad or not self.methods:
-            raise ValueError(f"unknown methods {bad}; choose from {', '.join(METHOD_NAMES)}")
-        if self.train.method != "wcos":
-            raise ValueError("the comparison trains Weight-COS-DPO itself: leave method at wcos")
+        self.methods = check_methods(self.methods, METHOD_NAMES, self.train.method)
         weight_grid(len(self.train.objectives), self.grid, self.grid_kind, self.train.seed)  # fails early
 
 

@@ -25,7 +25,7 @@ from ..evaluation.metrics import weight_grid
 from ..evaluation.preference import preference_front, sequence_scores
 from ..models.hpt import HPTModel
 from ..models.llm import load_base
-from .compare import METHOD_NAMES, picture
+from .compare import METHOD_NAMES, check_methods, picture
 from .llm import LLMConfig, finetune_llm, load_split, reference_logprobs
 
 LLM_COMPARE_METHODS = ("wcos", "ls", "soup")
@@ -39,12 +39,7 @@ class LLMCompareConfig:
     overwrite: bool = False
 
     def __post_init__(self):
-        self.methods = tuple(m.strip() for m in self.methods)
-        bad = [m for m in self.methods if m not in LLM_COMPARE_METHODS]
-        if bad or not self.methods:
-            raise ValueError(f"unknown methods {bad}; choose from {', '.join(LLM_COMPARE_METHODS)}")
-        if self.train.method != "wcos":
-            raise ValueError("the comparison trains Weight-COS-DPO itself: leave method at wcos")
+        self.methods = check_methods(self.methods, LLM_COMPARE_METHODS, self.train.method)
         if self.grid is not None and self.grid < 2:
             raise ValueError("grid must be >= 2")
 

@@ -25,6 +25,7 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=160)
     ap.add_argument("--grid", type=int, default=5)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--prompt-lr", type=float, default=0.0, help="lr of the Hyper Prompt; 0 = --lr")
     ap.add_argument("--pairs", type=int, default=320)
     ap.add_argument("--val-pairs", type=int, default=16, help="held-out pairs per objective for the end-of-run check")
     ap.add_argument("--front-pairs", type=int, default=100, help="held-out pairs per objective for the front")
@@ -32,7 +33,7 @@ if __name__ == "__main__":
     a = ap.parse_args()
     data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
     cfg = LLMConfig(max_steps=a.steps, batch_size=4, max_length=a.max_length, max_pairs=a.pairs, val_pairs=a.val_pairs,
-                    lr=a.lr, val_every=10**6)
+                    lr=a.lr, prompt_lr=a.prompt_lr, val_every=10**6)
     t0 = time.perf_counter()
     policy, metrics = finetune_llm(data, Path(a.out) / "policy", cfg, overwrite=True)
     t1 = time.perf_counter()

@@ -19,14 +19,14 @@ FormatOpt = typer.Option(None, "--format", help="pku, hh or jsonl (default: from
 OutOpt = typer.Option(..., "--out", help="Output folder.")
 
 
-def _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, beta, alpha,
-                  penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed, checkpoint_every,
-                  progress, **extra):
+def _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr, beta,
+                  alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed,
+                  checkpoint_every, progress, **extra):
     from .training.llm import LLMConfig
 
     return LLMConfig(model=model, objectives=_names(objectives), max_steps=max_steps, epochs=epochs,
-                     max_length=max_length, batch_size=batch_size, grad_accum=grad_accum, lr=lr, beta=beta,
-                     alpha=alpha, penalty=penalty, lora_rank=lora_rank, prompt_tokens=prompt_tokens,
+                     max_length=max_length, batch_size=batch_size, grad_accum=grad_accum, lr=lr, prompt_lr=prompt_lr,
+                     beta=beta, alpha=alpha, penalty=penalty, lora_rank=lora_rank, prompt_tokens=prompt_tokens,
                      max_pairs=max_pairs, held_out=held_out, cache_reference=cache_reference, seed=seed,
                      checkpoint_every=checkpoint_every, progress=progress, **extra)
 
@@ -40,7 +40,9 @@ TRAIN = dict(
     batch_size=typer.Option(8, "--batch-size", help="Preference pairs per optimizer step (over all processes)."),
     grad_accum=typer.Option(1, "--grad-accum", help="Micro-batches per step (memory: batch-size/grad-accum "
                                                     "pairs per forward)."),
-    lr=typer.Option(5e-4, help="AdamW learning rate."),
+    lr=typer.Option(5e-4, help="AdamW learning rate (LoRA)."),
+    prompt_lr=typer.Option(0.0, "--prompt-lr", help="Learning rate of the Hyper Prompt (0: --lr); prompt tuning "
+                                                    "wants a larger one than LoRA."),
     beta=typer.Option(0.1, help="DPO temperature."),
     alpha=typer.Option(0.3, help="Dirichlet concentration of the w drawn per step."),
     penalty=typer.Option(0.0, help="lambda of the cosine penalty."),
@@ -64,7 +66,8 @@ def llm_finetune(
                                                      "instead of Weight-COS-DPO."),
     objectives: Optional[str] = TRAIN["objectives"], max_steps: int = TRAIN["max_steps"], epochs: int = TRAIN["epochs"],
     max_length: int = TRAIN["max_length"], batch_size: int = TRAIN["batch_size"],
-    grad_accum: int = TRAIN["grad_accum"], lr: float = TRAIN["lr"], beta: float = TRAIN["beta"],
+    grad_accum: int = TRAIN["grad_accum"], lr: float = TRAIN["lr"], prompt_lr: float = TRAIN["prompt_lr"],
+    beta: float = TRAIN["beta"],
     alpha: float = TRAIN["alpha"], penalty: float = TRAIN["penalty"], lora_rank: int = TRAIN["lora_rank"],
     prompt_tokens: int = TRAIN["prompt_tokens"], max_pairs: int = TRAIN["max_pairs"],
     held_out: float = TRAIN["held_out"], cache_reference: bool = TRAIN["cache_reference"], seed: int = TRAIN["seed"],
@@ -76,8 +79,8 @@ def llm_finetune(
     from .training.llm import finetune_llm
 
     fixed = _floats(weights, "--weights")
-    cfg = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, beta, alpha,
-                        penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed,
+    cfg = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr, beta,
+                        alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed,
                         checkpoint_every, progress, method="fixed" if fixed else "wcos",
                         fixed_weights=tuple(fixed) if fixed else None)
     _, m = finetune_llm(data, out, cfg, fmt=fmt, resume=resume, overwrite=overwrite, log=typer.echo)
@@ -156,7 +159,8 @@ def llm_compare(
                                      "per weight."),
     objectives: Optional[str] = TRAIN["objectives"], max_steps: int = TRAIN["max_steps"], epochs: int = TRAIN["epochs"],
     max_length: int = TRAIN["max_length"], batch_size: int = TRAIN["batch_size"],
-    grad_accum: int = TRAIN["grad_accum"], lr: float = TRAIN["lr"], beta: float = TRAIN["beta"],
+    grad_accum: int = TRAIN["grad_accum"], lr: float = TRAIN["lr"], prompt_lr: float = TRAIN["prompt_lr"],
+    beta: float = TRAIN["beta"],
     alpha: float = TRAIN["alpha"], penalty: float = TRAIN["penalty"], lora_rank: int = TRAIN["lora_rank"],
     prompt_tokens: int = TRAIN["prompt_tokens"], max_pairs: int = TRAIN["max_pairs"],
     held_out: float = TRAIN["held_out"], cache_reference: bool = TRAIN["cache_reference"], seed: int = TRAIN["seed"],
@@ -167,8 +171,9 @@ def llm_compare(
     from .training.compare import format_table
     from .training.llm_compare import LLMCompareConfig, compare_llm
 
-    train = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, beta, alpha,
-                          penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed, 0, progress)
+    train = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr,
+                          beta, alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed, 0,
+                          progress)
     result = compare_llm(data, out, LLMCompareConfig(train, _names(methods), grid, overwrite), fmt=fmt,
                          log=typer.echo)
     typer.echo(format_table(result))

@@ -140,6 +140,19 @@ def test_gradient_accumulation_takes_the_same_step(tiny_llm, tiny_pairs, tmp_pat
     assert all(torch.allclose(sa[k], sb[k], atol=1e-5) for k in sa)
 
 
+def test_prompt_lr_steps_the_prefix_alone(tiny_llm, tiny_pairs, tmp_path):
+    """Adam's first step moves each parameter by its group's lr (times sign(grad)): LoRA by lr,
+    the Hyper Prompt by prompt_lr."""
+    before = adapter_state(build_policy(load_base(str(tiny_llm))[0], cfg_for(tiny_llm), 2))
+    policy, _ = finetune_llm(tiny_pairs, tmp_path / "p", cfg_for(tiny_llm, max_steps=1, lr=1e-4, prompt_lr=0.1),
+                             log=quiet)
+    moved = {k: float((v - before[k]).abs().max()) for k, v in adapter_state(policy).items()}
+    lora = max(v for k, v in moved.items() if "lora" in k)
+    prompt = [v for k, v in moved.items() if k.startswith("hpt.")]
+    assert lora == pytest.approx(1e-4, rel=1e-2)
+    assert len(prompt) == len(list(policy.hpt.parameters())) and all(v == pytest.approx(0.1, rel=1e-2) for v in prompt)
+
+
 def test_resume_continues_exactly(tiny_llm, tiny_pairs, tmp_path):
     from safetensors.torch import load_file
 

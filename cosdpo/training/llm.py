@@ -73,6 +73,7 @@ class LLMConfig(TrainConfig):
     epochs: int = 1
     batch_size: int = 8
     lr: float = 5e-4
+    prompt_lr: float = 0.0  # lr of the Hyper Prompt (prefix and its MLPs); 0 = lr
     patience: int = 0
 
     def __post_init__(self):
@@ -86,6 +87,8 @@ class LLMConfig(TrainConfig):
         if self.fixed_weights is not None:
             k = len(self.objectives) or None
             self.fixed_weights = tuple(float(x) for x in check_simplex(self.fixed_weights, k))
+        if self.prompt_lr < 0:
+            raise ValueError(f"prompt_lr must be >= 0 (0 = lr), got {self.prompt_lr}")
         if not self.beta > 0 or not self.alpha > 0 or self.penalty < 0:
             raise ValueError("beta and alpha must be > 0, penalty >= 0")
         if min(self.lora_rank, self.prompt_tokens, self.prompt_rank, self.prompt_hidden, self.max_length,
@@ -182,6 +185,14 @@ class PreferenceTask:
         self.cfg, self.vali = cfg, vali
         self.K = len(vali.objectives)
         self.grid = weight_grid(self.K, max(cfg.val_grid, self.K), "dirichlet", cfg.seed)
+
+    def param_groups(self, model: HPTModel) -> list[dict]:
+        """LoRA at ``lr``, the prefix at ``prompt_lr``: prompt tuning is known to need a far larger
+        step than weight updates, and w reaches the loss only through the prefix."""
+        prompt = [p for p in model.hpt.parameters() if p.requires_grad]
+        ids = {id(p) for p in prompt}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": rest}, {"params": prompt, "lr": self.cfg.prompt_lr or self.cfg.lr}]
 
     def weights(self, step: int) -> torch.Tensor:
         if self.cfg.fixed_weights is not None:

@@ -191,7 +191,9 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
     out_dir = Path(out_dir)
     ckpt_path = out_dir / CHECKPOINT
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # a task may give parts of the model their own lr (the LLM's prefix wants more than LoRA)
+    groups = task.param_groups(model) if hasattr(task, "param_groups") else trainable
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state, best_state = TrainState(), None
     if resume:
         state, best_state = load_checkpoint(ckpt_path, model, optimizer, job)

@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--k", type=int, default=2, choices=range(2, 6))
     ap.add_argument("--out", default=None, help="compare.py's --out (default runs/compare-kK)")
     ap.add_argument("--epochs", type=int, default=15, help="DPO-LS epochs per model, as in compare.py")
+    ap.add_argument("--seed", type=int, default=0, help="training seed of every model (data and base: compare.py's)")
     ap.add_argument("--wcos", action="append", type=setting, default=None,
                     help="Weight-COS-DPO settings NAME=VALUE,...; repeat for several")
     args = ap.parse_args()
@@ -49,7 +50,7 @@ def main():
     runs = [("ls", dict(epochs=args.epochs))] + [("wcos", s) for s in args.wcos or [dict(epochs=45, patience=0)]]
     ls = None
     for i, (method, kw) in enumerate(runs):
-        cfg = FinetuneConfig(objectives=OBJECTIVES[:args.k], seed=0, progress=False, **kw)
+        cfg = FinetuneConfig(objectives=OBJECTIVES[:args.k], seed=args.seed, progress=False, **kw)
         m = compare(out / "data", out / "base", out / f"budget-{i}", CompareConfig(
             cfg, methods=(method,), grid=grid, overwrite=True))["methods"][method]
         ls = ls or m

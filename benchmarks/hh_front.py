@@ -24,7 +24,7 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="runs/hh")
     ap.add_argument("--steps", type=int, default=160)
     ap.add_argument("--grid", type=int, default=5)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=5e-4, help="2e-3 diverged (docs/llm.md)")
     ap.add_argument("--prompt-lr", type=float, default=0.0, help="lr of the Hyper Prompt; 0 = --lr")
     ap.add_argument("--pairs", type=int, default=320)
     ap.add_argument("--val-pairs", type=int, default=16, help="held-out pairs per objective for the end-of-run check")

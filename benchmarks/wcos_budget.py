@@ -16,21 +16,25 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
+from compare import OBJECTIVES  # benchmarks/compare.py, beside this script
+
 from cosdpo.training.compare import CompareConfig, compare
 from cosdpo.training.ltr import FinetuneConfig
 
-OBJECTIVES = ("quality1", "quality2", "query_url_clicks", "url_clicks", "dwell_time")
-
 
 def setting(text: str) -> dict:
-    """'epochs=45,alpha=0.1' -> typed FinetuneConfig fields."""
-    types = {f.name: type(f.default) for f in fields(FinetuneConfig)}
+    """'epochs=45,alpha=0.1' -> typed FinetuneConfig fields (the int, float and str ones)."""
+    types = {f.name: type(f.default) for f in fields(FinetuneConfig)
+             if type(f.default) in (int, float, str) and f.name != "seed"}  # --seed sets every model's
     out = {}
     for item in filter(None, text.split(",")):
         name, _, value = item.partition("=")
         if name not in types or not value:
-            raise SystemExit(f"--wcos: {item!r} is not NAME=VALUE with NAME a FinetuneConfig field")
-        out[name] = types[name](value)
+            raise argparse.ArgumentTypeError(f"{item!r} is not NAME=VALUE with NAME one of {', '.join(sorted(types))}")
+        try:
+            out[name] = types[name](value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} takes a {types[name].__name__}, got {value!r}") from None
     return out
 
 

@@ -1,5 +1,7 @@
 """Hyper Prompt Tuning on a tiny random Llama (vocab 256) with LoRA."""
 
+import json
+
 import pytest
 import torch
 
@@ -115,3 +117,8 @@ def test_save_and_load_round_trip(hpt, tmp_path):
     torch.testing.assert_close(loaded(ids, mask, [0.3, 0.7]), hpt(ids, mask, [0.3, 0.7]))
     with pytest.raises(ValueError, match="built for 2"):
         loaded(ids, mask, [1.0, 0.0, 0.0])
+    cfg = json.loads((tmp_path / "hpt_config.json").read_text())
+    del cfg["alpha"]  # as written before w entered standardised
+    (tmp_path / "hpt_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="older cosdpo"):
+        HPTModel.from_pretrained(tiny_lora().get_base_model(), tmp_path)

@@ -152,6 +152,9 @@ class HPTModel(nn.Module):
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(out_dir))
-        wrapped = cls(model, HPTConfig(**json.loads((out_dir / HPT_CONFIG).read_text())))
+        saved = json.loads((out_dir / HPT_CONFIG).read_text())
+        if "alpha" not in saved:  # made before w was standardised: these weights expect raw w
+            raise ValueError(f"{out_dir} holds a prompt from an older cosdpo that fed w raw; train it again")
+        wrapped = cls(model, HPTConfig(**saved))
         wrapped.hpt.load_state_dict(load_file(str(out_dir / HPT_WEIGHTS)))
         return wrapped

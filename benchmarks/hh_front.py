@@ -1,6 +1,7 @@
 """A short Weight-COS-DPO run of SmolLM2-135M-Instruct on the HH-RLHF sample, and its front.
 
     python benchmarks/hh_front.py --out runs/hh [--steps 160] [--grid 5] [--max-length 160]
+                                  [--checkpoint-every N] [--resume]
 
 Helpful and harmless are the two objectives (../shared/data/hh-rlhf). The
 run fine-tunes LoRA + Hyper Prompt Tuning for --steps steps, then measures
@@ -8,7 +9,8 @@ held-out preference accuracy and mean implicit-reward margin at each grid
 weight, and writes front.json / front.png (what ``cosdpo llm front`` writes).
 CPU sized: batch 4, pairs of at most --max-length tokens (160 keeps 624
 helpful and 725 harmless training pairs, 70 and 81 held out), one pass over
---pairs pairs per objective.
+--pairs pairs per objective. A long CPU run checkpoints every
+--checkpoint-every steps and continues with --resume (same flags).
 """
 
 import argparse
@@ -30,12 +32,16 @@ if __name__ == "__main__":
     ap.add_argument("--val-pairs", type=int, default=16, help="held-out pairs per objective for the end-of-run check")
     ap.add_argument("--front-pairs", type=int, default=100, help="held-out pairs per objective for the front")
     ap.add_argument("--max-length", type=int, default=160)
+    ap.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
+    ap.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0 = at the end of each pass")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     a = ap.parse_args()
     data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
     cfg = LLMConfig(max_steps=a.steps, batch_size=4, max_length=a.max_length, max_pairs=a.pairs, val_pairs=a.val_pairs,
-                    lr=a.lr, prompt_lr=a.prompt_lr, val_every=10**6)
+                    lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule, checkpoint_every=a.checkpoint_every,
+                    val_every=10**6)
     t0 = time.perf_counter()
-    policy, metrics = finetune_llm(data, Path(a.out) / "policy", cfg, overwrite=True)
+    policy, metrics = finetune_llm(data, Path(a.out) / "policy", cfg, resume=a.resume, overwrite=not a.resume)
     t1 = time.perf_counter()
     front = write_front(Path(a.out) / "policy", data, Path(a.out), grid=a.grid, policy=policy,
                         max_pairs=a.front_pairs)

@@ -41,6 +41,8 @@ TRAIN = dict(
     grad_accum=typer.Option(1, "--grad-accum", help="Micro-batches per step (memory: batch-size/grad-accum "
                                                     "pairs per forward)."),
     lr=typer.Option(5e-4, help="AdamW learning rate (LoRA)."),
+    lr_schedule=typer.Option("constant", "--lr-schedule", help="constant, or cosine: decay both lrs to 0 over the "
+                                                                 "planned steps."),
     prompt_lr=typer.Option(0.0, "--prompt-lr", help="Learning rate of the Hyper Prompt (0: --lr); prompt tuning "
                                                     "wants a larger one than LoRA."),
     beta=typer.Option(0.1, help="DPO temperature."),
@@ -66,7 +68,7 @@ def llm_finetune(
                                                      "instead of Weight-COS-DPO."),
     objectives: Optional[str] = TRAIN["objectives"], max_steps: int = TRAIN["max_steps"], epochs: int = TRAIN["epochs"],
     max_length: int = TRAIN["max_length"], batch_size: int = TRAIN["batch_size"],
-    grad_accum: int = TRAIN["grad_accum"], lr: float = TRAIN["lr"], prompt_lr: float = TRAIN["prompt_lr"],
+    grad_accum: int = TRAIN["grad_accum"], lr: float = TRAIN["lr"], prompt_lr: float = TRAIN["prompt_lr"], lr_schedule: str = TRAIN["lr_schedule"],
     beta: float = TRAIN["beta"],
     alpha: float = TRAIN["alpha"], penalty: float = TRAIN["penalty"], lora_rank: int = TRAIN["lora_rank"],
     prompt_tokens: int = TRAIN["prompt_tokens"], max_pairs: int = TRAIN["max_pairs"],
@@ -81,7 +83,7 @@ def llm_finetune(
     fixed = _floats(weights, "--weights")
     cfg = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr, beta,
                         alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed,
-                        checkpoint_every, progress, method="fixed" if fixed else "wcos",
+                        checkpoint_every, progress, lr_schedule=lr_schedule, method="fixed" if fixed else "wcos",
                         fixed_weights=tuple(fixed) if fixed else None)
     _, m = finetune_llm(data, out, cfg, fmt=fmt, resume=resume, overwrite=overwrite, log=typer.echo)
     typer.echo(f"policy in {out}: {m['steps']} steps, {m['train_seconds']:.1f} s, {m['trainable_params']:,} "
@@ -159,7 +161,7 @@ def llm_compare(
                                      "per weight."),
     objectives: Optional[str] = TRAIN["objectives"], max_steps: int = TRAIN["max_steps"], epochs: int = TRAIN["epochs"],
     max_length: int = TRAIN["max_length"], batch_size: int = TRAIN["batch_size"],
-    grad_accum: int = TRAIN["grad_accum"], lr: float = TRAIN["lr"], prompt_lr: float = TRAIN["prompt_lr"],
+    grad_accum: int = TRAIN["grad_accum"], lr: float = TRAIN["lr"], prompt_lr: float = TRAIN["prompt_lr"], lr_schedule: str = TRAIN["lr_schedule"],
     beta: float = TRAIN["beta"],
     alpha: float = TRAIN["alpha"], penalty: float = TRAIN["penalty"], lora_rank: int = TRAIN["lora_rank"],
     prompt_tokens: int = TRAIN["prompt_tokens"], max_pairs: int = TRAIN["max_pairs"],
@@ -173,7 +175,7 @@ def llm_compare(
 
     train = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr,
                           beta, alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed, 0,
-                          progress)
+                          progress, lr_schedule=lr_schedule)
     result = compare_llm(data, out, LLMCompareConfig(train, _names(methods), grid, overwrite), fmt=fmt,
                          log=typer.echo)
     typer.echo(format_table(result))

@@ -59,8 +59,9 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(tiny_fold, tiny_base,
     assert [r["epoch"] for r in log] == [1, 2, 3]
 
 
-def test_resume_after_a_crash_mid_epoch(tiny_fold, tiny_base, tmp_path, monkeypatch):
-    cfg = dict(FT, dropout=0.2, patience=0, checkpoint_every=2)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_after_a_crash_mid_epoch(tiny_fold, tiny_base, tmp_path, monkeypatch, schedule):
+    cfg = dict(FT, dropout=0.2, patience=0, checkpoint_every=2, lr_schedule=schedule)
     finetune(tiny_fold, tiny_base, tmp_path / "straight", FinetuneConfig(epochs=2, **cfg))
     real_terms = WeightCOSTask.terms
 
@@ -80,6 +81,22 @@ def test_resume_after_a_crash_mid_epoch(tiny_fold, tiny_base, tmp_path, monkeypa
     _same_weights(tmp_path / "straight", tmp_path / "crashed")
 
 
+def test_cosine_schedule_follows_torchs_cosine_annealing(tiny_fold, tiny_base, tmp_path):
+    """The lr of the checkpoint's last step against torch's own CosineAnnealingLR over the same steps."""
+    finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=2, lr=3e-3, patience=0, lr_schedule="cosine",
+                                                                   **FT))
+    meta = json.loads((tmp_path / "ft" / "checkpoint" / "optimizer.json").read_text())
+    saved = [g["lr"] for g in meta["param_groups"]]
+    total = 2 * 5  # 5 batches an epoch
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    for _ in range(total - 1):
+        opt.step()
+        sched.step()
+    assert saved == pytest.approx([sched.get_last_lr()[0]] * len(saved), rel=1e-9)
+    assert saved[0] < 3e-3 * 0.03  # near the end of the decay, not the constant lr
+
+
 def test_nothing_is_overwritten_by_accident(tiny_fold, tiny_base, tmp_path):
     finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=1, **FT))
     with pytest.raises(FileExistsError, match="--resume"):
@@ -92,7 +109,8 @@ def test_nothing_is_overwritten_by_accident(tiny_fold, tiny_base, tmp_path):
 
 @pytest.mark.parametrize("bad, match", [
     (dict(epochs=0), "epochs"), (dict(lr=-1), "lr"), (dict(alpha=0), "alpha"), (dict(penalty=-1), "penalty"),
-    (dict(beta=0), "beta"), (dict(param="lora"), "param"), (dict(transform="rank"), "transform"),
+    (dict(beta=0), "beta"), (dict(param="lora"), "param"), (dict(lr_schedule="linear"), "lr_schedule"),
+    (dict(transform="rank"), "transform"),
     (dict(objectives=()), "at least one objective"), (dict(objectives=("a", "a")), "twice"),
     (dict(grades={"quality1": "sqrt"}), "grade transform"), (dict(d_model=10, n_heads=4), "divisible"),
 ])

@@ -44,6 +44,20 @@ from ..atomic import atomic_dir, recover_dir, write_json
 from ..data.groups import RankingSet
 
 CHECKPOINT = "checkpoint"
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """The multiplier of every group's lr at ``step`` (0-based) of ``total``.
+
+    Why cosine: without early stopping the last step's weights are the
+    model, and at a constant lr they still jump with the w drawn at that
+    step; decaying to 0 lets the run end in a settled state. The factor is
+    a function of the step alone, so a resumed run needs no scheduler state.
+    """
+    if schedule == "constant" or total <= 0:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
 @dataclass
@@ -59,6 +73,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0 = at epoch ends only
     max_steps: int = 0  # > 0: exactly this many optimizer steps, over as many epochs as it takes
     grad_accum: int = 1  # micro-batches per optimizer step; each holds batch_size / grad_accum groups
+    lr_schedule: str = "constant"  # "cosine": each group's lr decays to 0 over the run's planned steps
     progress: bool = True
 
     def __post_init__(self):
@@ -72,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay and grad_clip must be >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.grad_accum > self.batch_size:
             raise ValueError(f"grad_accum ({self.grad_accum}) cannot exceed batch_size ({self.batch_size})")
 
@@ -194,6 +211,7 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
     # a task may give parts of the model their own lr (the LLM's prefix wants more than LoRA)
     groups = task.param_groups(model) if hasattr(task, "param_groups") else trainable
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a checkpoint's (decayed) lrs are loaded
     state, best_state = TrainState(), None
     if resume:
         state, best_state = load_checkpoint(ckpt_path, model, optimizer, job)
@@ -219,6 +237,8 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
         ddp_model.train()
         running = []
         for groups in batches[state.step_in_epoch:]:
+            for g, lr in zip(optimizer.param_groups, base_lrs):
+                g["lr"] = lr * lr_factor(cfg.lr_schedule, state.global_step, total)
             if len(groups) >= world:  # a process with no groups could not join the gradient sync
                 running.append(_step(ddp_model, task, data, groups[rank::world], state.global_step, acc,
                                      optimizer, trainable, cfg))

@@ -65,8 +65,9 @@ def data_synth(out: Path = OutOpt, queries: int = typer.Option(1000, help="Numbe
 
 
 def _train_options(epochs, batch_size, lr, seed, patience, checkpoint_every, d_model, layers, heads, dropout,
-                   split_seed, progress, lr_schedule="constant"):
+                   split_seed, progress, lr_schedule="constant", val_every=1):
     opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, patience=patience, lr_schedule=lr_schedule,
+                val_every=val_every,
                 checkpoint_every=checkpoint_every, n_layers=layers, n_heads=heads, dropout=dropout,
                 split_seed=split_seed, progress=progress)
     if d_model is not None:
@@ -82,6 +83,8 @@ COMMON = dict(
                                                                  "steps (the last model is settled, not mid-jump)."),
     seed=typer.Option(0, help="Seed of initialisation, batch order and sampled weights."),
     patience=typer.Option(5, help="Stop after this many validations without improvement (0: never)."),
+    val_every=typer.Option(1, "--val-every", help="Validate every N epochs (and at the end); the front on vali "
+                                                  "can cost as much as an epoch of training."),
     checkpoint_every=typer.Option(0, "--checkpoint-every", help="Also checkpoint every N steps (0: epoch ends)."),
     layers=typer.Option(2, help="Transformer layers."),
     heads=typer.Option(4, help="Attention heads."),
@@ -101,8 +104,9 @@ def ltr_train_base(
                                                      "non-MSLR file their features leave the input."),
     d_model: Optional[int] = typer.Option(128, "--d-model", help="Transformer width."),
     max_label: int = typer.Option(4, "--max-label", help="Labels must be integers 0..max-label."),
-    epochs: int = COMMON["epochs"], batch_size: int = COMMON["batch_size"], lr: float = COMMON["lr"], lr_schedule: str = COMMON["lr_schedule"],
-    seed: int = COMMON["seed"], patience: int = COMMON["patience"], checkpoint_every: int = COMMON["checkpoint_every"],
+    epochs: int = COMMON["epochs"], batch_size: int = COMMON["batch_size"], lr: float = COMMON["lr"],
+    lr_schedule: str = COMMON["lr_schedule"], seed: int = COMMON["seed"], patience: int = COMMON["patience"],
+    val_every: int = COMMON["val_every"], checkpoint_every: int = COMMON["checkpoint_every"],
     layers: int = COMMON["layers"], heads: int = COMMON["heads"], dropout: float = COMMON["dropout"],
     split_seed: int = COMMON["split_seed"], resume: bool = COMMON["resume"], overwrite: bool = COMMON["overwrite"],
     progress: bool = COMMON["progress"],
@@ -112,7 +116,8 @@ def ltr_train_base(
 
     cfg = BaseConfig(exclude=_names(exclude), max_label=max_label,
                      **_train_options(epochs, batch_size, lr, seed, patience, checkpoint_every, d_model, layers,
-                                      heads, dropout, split_seed, progress, lr_schedule=lr_schedule))
+                                      heads, dropout, split_seed, progress, lr_schedule=lr_schedule,
+                                      val_every=val_every))
     _, metrics = train_base(data, out, cfg, resume=resume, overwrite=overwrite)
     typer.echo(f"base ranker in {out}: validation NDCG@10 {metrics['val_ndcg']:.4f}, "
                f"{metrics['train_seconds']:.1f} s, {metrics['epochs_run']} epochs")
@@ -140,8 +145,9 @@ def ltr_finetune(
     grades: Optional[str] = typer.Option(None, help="Grade transforms per objective, e.g. "
                                                     "url_clicks=log2,quality1=linear:0:255 (see docs)."),
     d_model: Optional[int] = typer.Option(64, "--d-model", help="Width of the conditioned network."),
-    epochs: int = COMMON["epochs"], batch_size: int = COMMON["batch_size"], lr: float = COMMON["lr"], lr_schedule: str = COMMON["lr_schedule"],
-    seed: int = COMMON["seed"], patience: int = COMMON["patience"], checkpoint_every: int = COMMON["checkpoint_every"],
+    epochs: int = COMMON["epochs"], batch_size: int = COMMON["batch_size"], lr: float = COMMON["lr"],
+    lr_schedule: str = COMMON["lr_schedule"], seed: int = COMMON["seed"], patience: int = COMMON["patience"],
+    val_every: int = COMMON["val_every"], checkpoint_every: int = COMMON["checkpoint_every"],
     layers: int = COMMON["layers"], heads: int = COMMON["heads"], dropout: float = COMMON["dropout"],
     split_seed: int = COMMON["split_seed"], resume: bool = COMMON["resume"], overwrite: bool = COMMON["overwrite"],
     progress: bool = COMMON["progress"],
@@ -154,7 +160,8 @@ def ltr_finetune(
                          penalty=penalty, beta=beta, param=param, transform=transform, method=method,
                          beta_range=tuple(_floats(beta_range, "--beta-range")),
                          **_train_options(epochs, batch_size, lr, seed, patience, checkpoint_every, d_model, layers,
-                                          heads, dropout, split_seed, progress, lr_schedule=lr_schedule))
+                                          heads, dropout, split_seed, progress, lr_schedule=lr_schedule,
+                                      val_every=val_every))
     _, metrics = finetune(data, base, out, cfg, resume=resume, overwrite=overwrite)
     typer.echo(f"conditioned ranker in {out}: validation hypervolume {metrics['val_hypervolume']:.4f}, "
                f"{metrics['train_seconds']:.1f} s, {metrics['trainable_params']} trainable parameters")
@@ -176,10 +183,10 @@ def ltr_compare(
     beta: float = typer.Option(1.0, help="DPO temperature (all methods)."),
     param: str = typer.Option("augment", help="scratch or augment (all methods)."),
     d_model: Optional[int] = typer.Option(64, "--d-model", help="Width of every fine-tuned network."),
-    epochs: int = COMMON["epochs"], batch_size: int = COMMON["batch_size"], lr: float = COMMON["lr"], lr_schedule: str = COMMON["lr_schedule"],
-    seed: int = COMMON["seed"], patience: int = COMMON["patience"],
-    layers: int = COMMON["layers"], heads: int = COMMON["heads"], dropout: float = COMMON["dropout"],
-    split_seed: int = COMMON["split_seed"], overwrite: bool = COMMON["overwrite"],
+    epochs: int = COMMON["epochs"], batch_size: int = COMMON["batch_size"], lr: float = COMMON["lr"],
+    lr_schedule: str = COMMON["lr_schedule"], seed: int = COMMON["seed"], patience: int = COMMON["patience"],
+    val_every: int = COMMON["val_every"], layers: int = COMMON["layers"], heads: int = COMMON["heads"],
+    dropout: float = COMMON["dropout"], split_seed: int = COMMON["split_seed"], overwrite: bool = COMMON["overwrite"],
     progress: bool = COMMON["progress"],
 ):
     """Train every method on the same grid and budget; writes compare.json and compare.png."""
@@ -188,7 +195,8 @@ def ltr_compare(
 
     train = FinetuneConfig(objectives=_names(objectives), alpha=alpha, penalty=penalty, beta=beta, param=param,
                            **_train_options(epochs, batch_size, lr, seed, patience, 0, d_model, layers, heads,
-                                            dropout, split_seed, progress, lr_schedule=lr_schedule))
+                                            dropout, split_seed, progress, lr_schedule=lr_schedule,
+                                            val_every=val_every))
     result = compare(data, base, out, CompareConfig(train, _names(methods), grid, grid_kind, overwrite))
     typer.echo(format_table(result))
     typer.echo(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")

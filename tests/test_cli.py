@@ -42,7 +42,12 @@ def test_cli_pipeline_on_synthetic_data(tmp_path):
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["test.txt", "train.txt", "vali.txt"]
     ok(["ltr", "train-base", "--data", tmp_path / "d", "--out", tmp_path / "b", "--epochs", "2", *SMALL])
     ok(["ltr", "finetune", "--data", tmp_path / "d", "--base", tmp_path / "b", "--objectives",
-        "quality1,url_clicks,dwell_time", "--out", tmp_path / "f", "--epochs", "2", "--param", "scratch", *SMALL])
+        "quality1,url_clicks,dwell_time", "--out", tmp_path / "f", "--epochs", "2", "--param", "scratch",
+        "--lr-schedule", "cosine", "--val-every", "2", "--patience", "0", *SMALL])
+    log = json.loads((tmp_path / "f" / "train_log.json").read_text())
+    assert ["val" in r for r in log] == [False, True]  # --val-every 2
+    groups = json.loads((tmp_path / "f" / "checkpoint" / "optimizer.json").read_text())["param_groups"]
+    assert groups[0]["lr"] == pytest.approx(1e-3 / 2)  # --lr-schedule cosine: step 2 of 2 at cos(pi / 2)
     out = ok(["ltr", "front", "--model", tmp_path / "f", "--data", tmp_path / "d", "--out", tmp_path / "fr",
               "--grid", "10", "--reference", "0.1,0.1,0.1"])
     assert "hypervolume" in out
@@ -58,6 +63,8 @@ def test_cli_pipeline_on_synthetic_data(tmp_path):
       "--beta", "-1"], "beta must be > 0"),
     (["ltr", "finetune", "--data", "{bad}", "--base", "{tmp}", "--objectives", "quality1", "--out", "{tmp}/f",
       "--grades", "quality1"], "expected NAME=SPEC"),
+    (["ltr", "finetune", "--data", "{bad}", "--base", "{tmp}", "--objectives", "quality1", "--out", "{tmp}/f",
+      "--lr-schedule", "linear"], "lr_schedule must be one of"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     bad = tmp_path / "bad.txt"

@@ -52,8 +52,9 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
 
     Why cosine: without early stopping the last step's weights are the
     model, and at a constant lr they still jump with the w drawn at that
-    step; decaying to 0 lets the run end in a settled state. The factor is
-    a function of the step alone, so a resumed run needs no scheduler state.
+    step; decaying to 0 lets the run end in a settled state. The factor
+    depends on the step and the planned total only, so a resumed run needs
+    no scheduler state (raising epochs or max_steps on resume stretches it).
     """
     if schedule == "constant" or total <= 0:
         return 1.0

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from cosdpo.training.llm import LLMConfig, finetune_llm, write_front
+from cosdpo.training.loop import LR_SCHEDULES
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf"
 
@@ -32,7 +33,7 @@ if __name__ == "__main__":
     ap.add_argument("--val-pairs", type=int, default=16, help="held-out pairs per objective for the end-of-run check")
     ap.add_argument("--front-pairs", type=int, default=100, help="held-out pairs per objective for the front")
     ap.add_argument("--max-length", type=int, default=160)
-    ap.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
+    ap.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES)
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0 = at the end of each pass")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     a = ap.parse_args()

@@ -33,13 +33,14 @@ if __name__ == "__main__":
     ap.add_argument("--val-pairs", type=int, default=16, help="held-out pairs per objective for the end-of-run check")
     ap.add_argument("--front-pairs", type=int, default=100, help="held-out pairs per objective for the front")
     ap.add_argument("--max-length", type=int, default=160)
+    ap.add_argument("--held-out", type=float, default=0.1, help="fraction of prompts kept out of training for the front")
     ap.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES)
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0 = at the end of each pass")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     a = ap.parse_args()
     data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
     cfg = LLMConfig(max_steps=a.steps, batch_size=4, max_length=a.max_length, max_pairs=a.pairs, val_pairs=a.val_pairs,
-                    lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule, checkpoint_every=a.checkpoint_every,
+                    held_out=a.held_out, lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule, checkpoint_every=a.checkpoint_every,
                     val_every=10**6)
     t0 = time.perf_counter()
     policy, metrics = finetune_llm(data, Path(a.out) / "policy", cfg, resume=a.resume, overwrite=not a.resume)

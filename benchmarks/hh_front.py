@@ -17,10 +17,33 @@ import argparse
 import time
 from pathlib import Path
 
-from cosdpo.training.llm import LLMConfig, finetune_llm, write_front
+import numpy as np
+
+from cosdpo.models.llm import resolve_model
+from cosdpo.training.llm import LLMConfig, finetune_llm, load_split, write_front
 from cosdpo.training.loop import LR_SCHEDULES
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf"
+
+
+def longer_wins(data: str, cfg: LLMConfig) -> dict:
+    """Held-out accuracy per objective of "the longer response wins" (ties a half).
+
+    What response length alone gives on the front's pairs: DPO sums
+    log-probs over response tokens, so length is the first thing a short run
+    can learn, and a front should be read against it.
+    """
+    from transformers import AutoTokenizer
+
+    test, objectives, _ = load_split(data, AutoTokenizer.from_pretrained(resolve_model(cfg.model)), cfg,
+                                     split="held-out")
+    n = np.array([len(response) for _, response in test.sequences])
+    out = {}
+    for k, o in enumerate(objectives):
+        c, r = n[test.chosen[test.objective == k]], n[test.rejected[test.objective == k]]
+        out[o] = float(np.mean((c > r) + 0.5 * (c == r)))
+    return out
+
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
@@ -53,3 +76,6 @@ if __name__ == "__main__":
         print(f"w={w[0]:.2f},{w[1]:.2f}  accuracy helpful {p[0]:.3f} harmless {p[1]:.3f}  "
               f"margin {m[0]:+.4f} {m[1]:+.4f}")
     print(f"hypervolume {front['hypervolume']:.4f}")
+    cfg.val_pairs = a.front_pairs
+    print("longer response wins (held-out accuracy of length alone):",
+          ", ".join(f"{o} {v:.3f}" for o, v in longer_wins(data, cfg).items()))

@@ -45,6 +45,25 @@ def longer_wins(data: str, cfg: LLMConfig) -> dict:
     return out
 
 
+def corner_test(front: dict) -> dict:
+    """Per objective k, its corner against the other corner on the same held-out pairs.
+
+    (pairs only k's corner gets right, pairs only the other corner gets right,
+    sign-test p on those, Wilcoxon p on the margins): w's effect against the
+    noise of a small held-out set, which the accuracies alone do not show.
+    """
+    from scipy import stats
+
+    m, obj, w = np.asarray(front["pair_margins"]), np.asarray(front["pair_objective"]), np.asarray(front["weights"])
+    out = {}
+    for k, o in enumerate(front["objectives"]):
+        own, other = m[np.argmax(w[:, k])][obj == k], m[np.argmin(w[:, k])][obj == k]
+        n_own, n_other = int(((own > 0) & (other <= 0)).sum()), int(((other > 0) & (own <= 0)).sum())
+        sign_p = stats.binomtest(n_own, n_own + n_other).pvalue if n_own + n_other else 1.0
+        out[o] = (n_own, n_other, sign_p, stats.wilcoxon(own, other).pvalue)
+    return out
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/hh")
@@ -69,13 +88,16 @@ if __name__ == "__main__":
     policy, metrics = finetune_llm(data, Path(a.out) / "policy", cfg, resume=a.resume, overwrite=not a.resume)
     t1 = time.perf_counter()
     front = write_front(Path(a.out) / "policy", data, Path(a.out), grid=a.grid, policy=policy,
-                        max_pairs=a.front_pairs)
+                        max_pairs=a.front_pairs, keep_pairs=True)
     t2 = time.perf_counter()
     print(f"training {metrics['train_seconds']:.0f} s of {t1 - t0:.0f} s; front {t2 - t1:.0f} s")
     for w, p, m in zip(front["weights"], front["points"], front["margins"]):
         print(f"w={w[0]:.2f},{w[1]:.2f}  accuracy helpful {p[0]:.3f} harmless {p[1]:.3f}  "
               f"margin {m[0]:+.4f} {m[1]:+.4f}")
     print(f"hypervolume {front['hypervolume']:.4f}")
+    for o, (n_own, n_other, sign_p, wilcoxon_p) in corner_test(front).items():
+        print(f"{o} pairs, its corner against the other: right only at its corner {n_own}, only at the other "
+              f"{n_other} (sign test p = {sign_p:.2g}); margins Wilcoxon p = {wilcoxon_p:.2g}")
     cfg.val_pairs = a.front_pairs
     print("longer response wins (held-out accuracy of length alone):",
           ", ".join(f"{o} {v:.3f}" for o, v in longer_wins(data, cfg).items()))

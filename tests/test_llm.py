@@ -11,7 +11,7 @@ pytest.importorskip("peft")
 
 from cosdpo.data.preferences import load_many  # noqa: E402
 from cosdpo.data.tokenize import PreferenceSet  # noqa: E402
-from cosdpo.evaluation.preference import preference_points, sequence_scores  # noqa: E402
+from cosdpo.evaluation.preference import preference_front, preference_points, sequence_scores  # noqa: E402
 from cosdpo.losses import dpo, sequence_logprobs  # noqa: E402
 from cosdpo.models.hpt import HPTModel  # noqa: E402
 from cosdpo.models.llm import add_lora, load_base, load_policy  # noqa: E402
@@ -204,6 +204,13 @@ def test_preference_points_by_hand(tiny_llm, tiny_pairs):
         assert mean[k] == pytest.approx(np.mean(m))
     same, _ = preference_points(data, data.ref.copy(), 0.5)
     assert same.tolist() == [0.5, 0.5]  # the reference against itself: all ties
+    # keep_pairs: every record's margin at every w, in record order, for paired tests between weights
+    front = preference_front(data, [[1.0, 0.0], [0.0, 1.0]], lambda w: scores if w[0] else data.ref.copy(), 0.5,
+                             keep_pairs=True)
+    by_hand = [0.5 * ((scores[c] - data.ref[c]) - (scores[r] - data.ref[r])) for c, r in zip(data.chosen, data.rejected)]
+    np.testing.assert_allclose(front["pair_margins"][0], by_hand, rtol=1e-12)
+    assert front["pair_margins"][1] == [0.0] * len(data) and front["pair_objective"] == data.objective.tolist()
+    assert "pair_margins" not in preference_front(data, [[1.0, 0.0]], lambda w: scores, 0.5)
 
 
 def test_soup_mixes_lora_updates_not_factors(tiny_llm, tiny_pairs, tmp_path):

@@ -61,13 +61,23 @@ def preference_points(data: PreferenceSet, scores: np.ndarray, beta: float):
 
 
 def preference_front(data: PreferenceSet, grid, scores_at: Callable[[np.ndarray], np.ndarray], beta: float,
-                     reference_point=None, progress: bool = False) -> dict:
+                     reference_point=None, progress: bool = False, keep_pairs: bool = False) -> dict:
+    """Accuracy and mean margin per objective at each w of ``grid``.
+
+    ``keep_pairs`` also returns every record's margin at every w
+    (``pair_margins``, with ``pair_objective``): held-out sets are small, and
+    comparing two weights pair by pair (a sign test) separates an effect of w
+    from the noise that the accuracies alone cannot.
+    """
     grid = np.asarray(grid, dtype=np.float64)
-    points, mean_margins = [], []
+    points, mean_margins, pair_margins = [], [], []
     for w in tqdm(grid, desc="front", disable=not progress):
-        acc, m = preference_points(data, scores_at(w), beta)
+        scores = scores_at(w)
+        acc, m = preference_points(data, scores, beta)
         points.append(acc)
         mean_margins.append(m)
+        if keep_pairs:
+            pair_margins.append(margins(data, scores, beta).tolist())
     points = np.array(points)
     ref = np.zeros(len(data.objectives)) if reference_point is None else np.asarray(reference_point, float)
     return {
@@ -81,7 +91,7 @@ def preference_front(data: PreferenceSet, grid, scores_at: Callable[[np.ndarray]
         "base_point": [0.5] * len(data.objectives),
         "pairs": data.counts(),
         "beta": beta,
-    }
+    } | ({"pair_margins": pair_margins, "pair_objective": data.objective.tolist()} if keep_pairs else {})
 
 
 def generation_front(generate_at: Callable[[np.ndarray], list[str]], prompts, grid,

@@ -281,12 +281,13 @@ def finetune_llm(data: str, out, cfg: LLMConfig, *, fmt: str | None = None, resu
 
 def write_front(model_dir, data: str | None, out, *, grid: int | None = None, split: str = "held-out",
                 max_pairs: int | None = None, fmt: str | None = None, policy=None, tokenizer=None,
-                progress: bool = True) -> dict:
+                progress: bool = True, keep_pairs: bool = False) -> dict:
     """Held-out front of the policy in ``model_dir`` -> front.json and front.png in ``out``.
 
     ``split="held-out"`` re-derives the prompts the training kept out (same
     data, fraction and seed as in policy.json); ``"all"`` uses every pair of
     ``data`` (a separate test file). ``data`` None: the training data.
+    ``keep_pairs``: front.json also holds every pair's margin at every w.
     """
     if split not in ("held-out", "all"):
         raise ValueError(f"split must be held-out or all, got {split!r}")
@@ -308,7 +309,7 @@ def write_front(model_dir, data: str | None, out, *, grid: int | None = None, sp
     def scores_at(w):
         return sequence_scores(policy, test, torch.tensor(w, dtype=torch.float32), max_tokens=cfg.max_tokens)
 
-    front = preference_front(test, weights, scores_at, cfg.beta, progress=progress) | {
+    front = preference_front(test, weights, scores_at, cfg.beta, progress=progress, keep_pairs=keep_pairs) | {
         "model": str(model_dir), "data": data, "split": split}
     out = Path(out)
     write_json(out / "front.json", front)

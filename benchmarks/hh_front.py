@@ -1,7 +1,11 @@
 """A short Weight-COS-DPO run of SmolLM2-135M-Instruct on the HH-RLHF sample, and its front.
 
     python benchmarks/hh_front.py --out runs/hh [--steps 160] [--grid 5] [--max-length 160]
-                                  [--checkpoint-every N] [--resume]
+                                  [--held-out 0.1] [--checkpoint-every N] [--resume]
+
+The front in docs/llm.md (every pair of at most 160 tokens, 30% of the
+prompts held out, one pass): --steps 260 --pairs 0 --lr 5e-4 --prompt-lr 5e-3
+--held-out 0.3 --front-pairs 1000.
 
 Helpful and harmless are the two objectives (../shared/data/hh-rlhf). The
 run fine-tunes LoRA + Hyper Prompt Tuning for --steps steps, then measures
@@ -82,8 +86,8 @@ if __name__ == "__main__":
     a = ap.parse_args()
     data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
     cfg = LLMConfig(max_steps=a.steps, batch_size=4, max_length=a.max_length, max_pairs=a.pairs, val_pairs=a.val_pairs,
-                    held_out=a.held_out, lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule, checkpoint_every=a.checkpoint_every,
-                    val_every=10**6)
+                    held_out=a.held_out, lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule,
+                    checkpoint_every=a.checkpoint_every, val_every=10**6)
     t0 = time.perf_counter()
     policy, metrics = finetune_llm(data, Path(a.out) / "policy", cfg, resume=a.resume, overwrite=not a.resume)
     t1 = time.perf_counter()

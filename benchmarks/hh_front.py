@@ -19,6 +19,7 @@ helpful and 725 harmless training pairs, 70 and 81 held out), one pass over
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,6 @@ if __name__ == "__main__":
     for o, (n_own, n_other, sign_p, wilcoxon_p) in corner_test(front).items():
         print(f"{o} pairs, its corner against the other: right only at its corner {n_own}, only at the other "
               f"{n_other} (sign test p = {sign_p:.2g}); margins Wilcoxon p = {wilcoxon_p:.2g}")
-    cfg.val_pairs = a.front_pairs
+    lengths = longer_wins(data, replace(cfg, val_pairs=a.front_pairs))  # the front's pairs
     print("longer response wins (held-out accuracy of length alone):",
-          ", ".join(f"{o} {v:.3f}" for o, v in longer_wins(data, cfg).items()))
+          ", ".join(f"{o} {v:.3f}" for o, v in lengths.items()))

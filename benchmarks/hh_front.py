@@ -31,22 +31,42 @@ from cosdpo.training.loop import LR_SCHEDULES
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf"
 
 
-def longer_wins(data: str, cfg: LLMConfig) -> dict:
+def length_gaps(data: str, cfg: LLMConfig) -> tuple[np.ndarray, np.ndarray, list]:
+    """Per held-out pair (the front's pairs, in its order): chosen minus rejected response tokens,
+    and the pair's objective index."""
+    from transformers import AutoTokenizer
+
+    test, objectives, _ = load_split(data, AutoTokenizer.from_pretrained(resolve_model(cfg.model)), cfg,
+                                     split="held-out")
+    n = np.array([len(response) for _, response in test.sequences])
+    return n[test.chosen] - n[test.rejected], test.objective, objectives
+
+
+def longer_wins(gap: np.ndarray, objective: np.ndarray, objectives: list) -> dict:
     """Held-out accuracy per objective of "the longer response wins" (ties a half).
 
     What response length alone gives on the front's pairs: DPO sums
     log-probs over response tokens, so length is the first thing a short run
     can learn, and a front should be read against it.
     """
-    from transformers import AutoTokenizer
+    return {o: float(np.mean((gap[objective == k] > 0) + 0.5 * (gap[objective == k] == 0)))
+            for k, o in enumerate(objectives)}
 
-    test, objectives, _ = load_split(data, AutoTokenizer.from_pretrained(resolve_model(cfg.model)), cfg,
-                                     split="held-out")
-    n = np.array([len(response) for _, response in test.sequences])
+
+def length_split(front: dict, gap: np.ndarray) -> dict:
+    """Per objective k and per corner: accuracy on the pairs whose chosen response is longer, and
+    on those whose chosen response is shorter.
+
+    A corner that only learned "shorter wins" scores near 0 on the first and
+    near 1 on the second; one that learned the objective is above 0.5 on both.
+    """
+    m, obj, w = np.asarray(front["pair_margins"]), np.asarray(front["pair_objective"]), np.asarray(front["weights"])
     out = {}
-    for k, o in enumerate(objectives):
-        c, r = n[test.chosen[test.objective == k]], n[test.rejected[test.objective == k]]
-        out[o] = float(np.mean((c > r) + 0.5 * (c == r)))
+    for k, o in enumerate(front["objectives"]):
+        longer, shorter = (obj == k) & (gap > 0), (obj == k) & (gap < 0)
+        out[o] = {corner: (float(np.mean(m[i][longer] > 0)), float(np.mean(m[i][shorter] > 0)))
+                  for corner, i in (("own", np.argmax(w[:, k])), ("other", np.argmin(w[:, k])))}
+        out[o]["pairs"] = (int(longer.sum()), int(shorter.sum()))
     return out
 
 
@@ -88,7 +108,9 @@ if __name__ == "__main__":
     data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
     cfg = LLMConfig(max_steps=a.steps, batch_size=4, max_length=a.max_length, max_pairs=a.pairs, val_pairs=a.val_pairs,
                     held_out=a.held_out, lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule,
-                    checkpoint_every=a.checkpoint_every, val_every=10**6)
+                    checkpoint_every=a.checkpoint_every, val_every=10**6,
+                    epochs=10**6)  # --steps sets the length; validating only at the end keeps the last step
+                                   # rather than one picked on pairs of the held-out prompts
     t0 = time.perf_counter()
     policy, metrics = finetune_llm(data, Path(a.out) / "policy", cfg, resume=a.resume, overwrite=not a.resume)
     t1 = time.perf_counter()
@@ -103,6 +125,11 @@ if __name__ == "__main__":
     for o, (n_own, n_other, sign_p, wilcoxon_p) in corner_test(front).items():
         print(f"{o} pairs, its corner against the other: right only at its corner {n_own}, only at the other "
               f"{n_other} (sign test p = {sign_p:.2g}); margins Wilcoxon p = {wilcoxon_p:.2g}")
-    lengths = longer_wins(data, replace(cfg, val_pairs=a.front_pairs))  # the front's pairs
+    gap, objective, objectives = length_gaps(data, replace(cfg, val_pairs=a.front_pairs))  # the front's pairs
+    if not np.array_equal(objective, front["pair_objective"]):
+        raise RuntimeError("the length analysis did not load the front's pairs in the front's order")
     print("longer response wins (held-out accuracy of length alone):",
-          ", ".join(f"{o} {v:.3f}" for o, v in lengths.items()))
+          ", ".join(f"{o} {v:.3f}" for o, v in longer_wins(gap, objective, objectives).items()))
+    for o, r in length_split(front, gap).items():
+        print(f"{o} pairs, chosen longer / shorter ({r['pairs'][0]} / {r['pairs'][1]}): accuracy at its corner "
+              f"{r['own'][0]:.3f} / {r['own'][1]:.3f}, at the other corner {r['other'][0]:.3f} / {r['other'][1]:.3f}")

@@ -1,0 +1,60 @@
+"""The paired and length analyses that benchmarks/hh_front.py prints under the HH front.
+
+They decide how docs/llm.md reads the front, so each is checked on a
+hand-made front whose answer is known by construction.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+_spec = importlib.util.spec_from_file_location(
+    "hh_front", Path(__file__).resolve().parents[1] / "benchmarks" / "hh_front.py")
+hh_front = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(hh_front)
+
+
+def _front(margins_by_w, objective):
+    return {"objectives": ["helpful", "harmless"], "weights": [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]],
+            "pair_margins": margins_by_w, "pair_objective": objective}
+
+
+def test_length_split_tells_a_length_only_corner_from_one_that_learned_the_objective():
+    # Harmless pairs 0-3 chosen longer, 4-7 chosen shorter; pairs 8-9 are helpful.
+    gap = np.array([5, 3, 2, 1, -1, -2, -4, -6, 7, -7])
+    objective = [1] * 8 + [0] * 2
+    shorter_wins = list(-np.sign(gap) * 0.1)  # the harmless corner ranks by length alone
+    learned = [0.1] * 10  # the helpful corner is right on every pair
+    front = _front([learned, [0.0] * 10, shorter_wins], objective)
+    got = hh_front.length_split(front, gap)
+    assert got["harmless"]["pairs"] == (4, 4)
+    assert got["harmless"]["own"] == (0.0, 1.0)
+    assert got["harmless"]["other"] == (1.0, 1.0)
+    assert got["helpful"]["own"] == (1.0, 1.0) and got["helpful"]["pairs"] == (1, 1)
+    # Length alone: chosen longer on half of each objective's pairs.
+    assert hh_front.longer_wins(gap, np.array(objective), ["helpful", "harmless"]) == {"helpful": 0.5,
+                                                                                       "harmless": 0.5}
+
+
+def test_longer_wins_counts_ties_as_half():
+    gap, objective = np.array([1, 0, -1, 0]), np.array([0, 0, 1, 1])
+    assert hh_front.longer_wins(gap, objective, ["a", "b"]) == {"a": 0.75, "b": 0.25}
+
+
+def test_corner_test_counts_discordant_pairs_and_matches_scipy():
+    rng = np.random.default_rng(0)
+    objective = np.array([0] * 30 + [1] * 30)
+    helpful_corner, harmless_corner = rng.normal(size=60), rng.normal(size=60)
+    front = _front([helpful_corner.tolist(), [0.0] * 60, harmless_corner.tolist()], objective.tolist())
+    got = hh_front.corner_test(front)
+    for k, name, own, other in ((0, "helpful", helpful_corner, harmless_corner),
+                                (1, "harmless", harmless_corner, helpful_corner)):
+        o, t = own[objective == k], other[objective == k]
+        n_own = sum(1 for a, b in zip(o, t) if a > 0 >= b)
+        n_other = sum(1 for a, b in zip(o, t) if b > 0 >= a)
+        assert got[name][:2] == (n_own, n_other)
+        assert got[name][2] == pytest.approx(stats.binomtest(n_own, n_own + n_other).pvalue)
+        assert got[name][3] == pytest.approx(stats.wilcoxon(o - t).pvalue)

@@ -1,11 +1,12 @@
 """A short Weight-COS-DPO run of SmolLM2-135M-Instruct on the HH-RLHF sample, and its front.
 
     python benchmarks/hh_front.py --out runs/hh [--steps 160] [--grid 5] [--max-length 160]
-                                  [--held-out 0.1] [--checkpoint-every N] [--resume]
+                                  [--held-out 0.1] [--seed 0] [--checkpoint-every N] [--resume]
 
 The front in docs/llm.md (every pair of at most 160 tokens, 30% of the
 prompts held out, one pass): --steps 260 --pairs 0 --lr 5e-4 --prompt-lr 5e-3
---held-out 0.3 --front-pairs 1000.
+--held-out 0.3 --front-pairs 1000; docs/llm.md also has it with other seeds
+and with two passes.
 
 Helpful and harmless are the two objectives (../shared/data/hh-rlhf). The
 run fine-tunes LoRA + Hyper Prompt Tuning for --steps steps, then measures
@@ -104,11 +105,12 @@ if __name__ == "__main__":
     ap.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES)
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0 = at the end of each pass")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    ap.add_argument("--seed", type=int, default=0, help="initialisation, batch order and sampled w (not the split)")
     a = ap.parse_args()
     data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
     cfg = LLMConfig(max_steps=a.steps, batch_size=4, max_length=a.max_length, max_pairs=a.pairs, val_pairs=a.val_pairs,
                     held_out=a.held_out, lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule,
-                    checkpoint_every=a.checkpoint_every, val_every=10**6,
+                    checkpoint_every=a.checkpoint_every, val_every=10**6, seed=a.seed,
                     epochs=10**6)  # --steps sets the length; validating only at the end keeps the last step
                                    # rather than one picked on pairs of the held-out prompts
     t0 = time.perf_counter()

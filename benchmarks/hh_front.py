@@ -16,6 +16,8 @@ CPU sized: batch 4, pairs of at most --max-length tokens (160 keeps 624
 helpful and 725 harmless training pairs, 70 and 81 held out), one pass over
 --pairs pairs per objective. A long CPU run checkpoints every
 --checkpoint-every steps and continues with --resume (same flags).
+``--summarize runs/*/front.json`` prints the mean front over runs that
+differ only in --seed, and each run's slope of accuracy on its own weight.
 """
 
 import argparse
@@ -90,6 +92,46 @@ def corner_test(front: dict) -> dict:
     return out
 
 
+
+def seed_summary(fronts: list[dict]) -> dict:
+    """Mean and spread over fronts of runs that differ only in seed, and each run's trend.
+
+    One short run's front is noisy step by step (docs/llm.md: no seed was
+    monotone at every step), so whether raising w_k raises objective k is read
+    from the mean over seeds and from each run's least-squares slope of its
+    accuracy (and margin) on its own weight.
+    """
+    first = fronts[0]
+    for f in fronts[1:]:
+        if f["objectives"] != first["objectives"] or not np.allclose(f["weights"], first["weights"]):
+            raise ValueError("fronts over different objectives or weights cannot be summarised together")
+    w = np.asarray(first["weights"], dtype=float)
+    points = np.array([f["points"] for f in fronts], dtype=float)
+    margins = np.array([f["margins"] for f in fronts], dtype=float)
+
+    def slopes(values):  # runs x objectives
+        return np.array([[np.polyfit(w[:, k], v[:, k], 1)[0] for k in range(w.shape[1])] for v in values])
+
+    return {"objectives": first["objectives"], "weights": w.tolist(), "runs": len(fronts),
+            "mean": points.mean(0).tolist(), "std": points.std(0, ddof=1).tolist() if len(fronts) > 1 else None,
+            "mean_margins": margins.mean(0).tolist(), "slopes": slopes(points).tolist(),
+            "margin_slopes": slopes(margins).tolist()}
+
+
+def print_seed_summary(paths: list[str]) -> None:
+    import json
+
+    s = seed_summary([json.loads(Path(p).read_text()) for p in paths])
+    std = s["std"] or [[float("nan")] * len(s["objectives"])] * len(s["weights"])
+    print(f"{s['runs']} runs; mean (std) held-out accuracy and mean margin per objective "
+          f"({', '.join(s['objectives'])})")
+    for w, p, d, m in zip(s["weights"], s["mean"], std, s["mean_margins"]):
+        print(f"w={','.join(f'{x:.2f}' for x in w)}  " + "  ".join(
+            f"{p[k]:.3f} ({d[k]:.3f}) {m[k]:+.4f}" for k in range(len(p))))
+    for name, key in (("accuracy", "slopes"), ("margin", "margin_slopes")):
+        print(f"slope of each objective's {name} on its own weight, per run: " + "; ".join(
+            f"{o} " + " ".join(f"{row[k]:+.3f}" for row in s[key]) for k, o in enumerate(s["objectives"])))
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/hh")
@@ -106,7 +148,12 @@ if __name__ == "__main__":
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0 = at the end of each pass")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     ap.add_argument("--seed", type=int, default=0, help="initialisation, batch order and sampled w (not the split)")
+    ap.add_argument("--summarize", nargs="+", metavar="FRONT_JSON",
+                    help="print the mean front and per-run slopes of these runs' front.json files, train nothing")
     a = ap.parse_args()
+    if a.summarize:
+        print_seed_summary(a.summarize)
+        raise SystemExit
     data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
     cfg = LLMConfig(max_steps=a.steps, batch_size=4, max_length=a.max_length, max_pairs=a.pairs, val_pairs=a.val_pairs,
                     held_out=a.held_out, lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule,

@@ -58,3 +58,33 @@ def test_corner_test_counts_discordant_pairs_and_matches_scipy():
         assert got[name][:2] == (n_own, n_other)
         assert got[name][2] == pytest.approx(stats.binomtest(n_own, n_own + n_other).pvalue)
         assert got[name][3] == pytest.approx(stats.wilcoxon(o - t).pvalue)
+
+
+def test_seed_summary_means_and_slopes_match_numpy_and_scipy():
+    rng = np.random.default_rng(1)
+    weights = [[1.0, 0.0], [0.75, 0.25], [0.5, 0.5], [0.25, 0.75], [0.0, 1.0]]
+    fronts = [{"objectives": ["helpful", "harmless"], "weights": weights,
+               "points": rng.uniform(0.4, 0.7, (5, 2)).tolist(), "margins": rng.normal(0, 0.1, (5, 2)).tolist()}
+              for _ in range(3)]
+    got = hh_front.seed_summary(fronts)
+    points = np.array([f["points"] for f in fronts])
+    np.testing.assert_allclose(got["mean"], points.mean(0))
+    np.testing.assert_allclose(got["std"], points.std(0, ddof=1))
+    w = np.array(weights)
+    for r, f in enumerate(fronts):
+        for k in range(2):
+            assert got["slopes"][r][k] == pytest.approx(stats.linregress(w[:, k], np.array(f["points"])[:, k]).slope)
+            assert got["margin_slopes"][r][k] == pytest.approx(
+                stats.linregress(w[:, k], np.array(f["margins"])[:, k]).slope)
+    # A front that rises with its own weight has a positive slope on both objectives.
+    rising = {"objectives": ["a", "b"], "weights": weights, "points": [[0.5 + 0.1 * a, 0.5 + 0.1 * b] for a, b in weights],
+              "margins": [[a, b] for a, b in weights]}
+    assert np.all(np.array(hh_front.seed_summary([rising])["slopes"]) > 0)
+
+
+def test_seed_summary_refuses_fronts_over_different_weights():
+    a = {"objectives": ["x", "y"], "weights": [[1.0, 0.0], [0.0, 1.0]], "points": [[0.5, 0.5]] * 2,
+         "margins": [[0.0, 0.0]] * 2}
+    b = dict(a, weights=[[0.9, 0.1], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="different objectives or weights"):
+        hh_front.seed_summary([a, b])

@@ -21,6 +21,7 @@ differ only in --seed, and each run's slope of accuracy on its own weight.
 """
 
 import argparse
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -92,7 +93,6 @@ def corner_test(front: dict) -> dict:
     return out
 
 
-
 def seed_summary(fronts: list[dict]) -> dict:
     """Mean and spread over fronts of runs that differ only in seed, and each run's trend.
 
@@ -102,9 +102,10 @@ def seed_summary(fronts: list[dict]) -> dict:
     accuracy (and margin) on its own weight.
     """
     first = fronts[0]
-    for f in fronts[1:]:
+    for i, f in enumerate(fronts[1:], 2):
         if f["objectives"] != first["objectives"] or not np.allclose(f["weights"], first["weights"]):
-            raise ValueError("fronts over different objectives or weights cannot be summarised together")
+            raise ValueError(f"front {i} is over other objectives or weights than front 1: "
+                             "fronts over different objectives or weights cannot be summarised together")
     w = np.asarray(first["weights"], dtype=float)
     points = np.array([f["points"] for f in fronts], dtype=float)
     margins = np.array([f["margins"] for f in fronts], dtype=float)
@@ -118,19 +119,34 @@ def seed_summary(fronts: list[dict]) -> dict:
             "margin_slopes": slopes(margins).tolist()}
 
 
-def print_seed_summary(paths: list[str]) -> None:
-    import json
+def read_front(path: str) -> dict:
+    """A front.json, or a one-line error naming the file (not a KeyError from deep inside)."""
+    try:
+        front = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{path}: cannot read a front.json ({e})")
+    missing = [k for k in ("objectives", "weights", "points", "margins") if k not in front]
+    if missing:
+        raise SystemExit(f"{path}: not a front.json (no {', '.join(missing)})")
+    return front
 
-    s = seed_summary([json.loads(Path(p).read_text()) for p in paths])
-    std = s["std"] or [[float("nan")] * len(s["objectives"])] * len(s["weights"])
-    print(f"{s['runs']} runs; mean (std) held-out accuracy and mean margin per objective "
+
+def print_seed_summary(paths: list[str]) -> None:
+    try:
+        s = seed_summary([read_front(p) for p in paths])
+    except ValueError as e:
+        raise SystemExit(f"{e} ({', '.join(paths)})")
+    print(f"{s['runs']} runs; mean{' (std)' if s['std'] else ''} held-out accuracy and mean margin per objective "
           f"({', '.join(s['objectives'])})")
+    std = s["std"] or [[None] * len(s["objectives"])] * len(s["weights"])
     for w, p, d, m in zip(s["weights"], s["mean"], std, s["mean_margins"]):
-        print(f"w={','.join(f'{x:.2f}' for x in w)}  " + "  ".join(
-            f"{p[k]:.3f} ({d[k]:.3f}) {m[k]:+.4f}" for k in range(len(p))))
+        cells = [f"{p[k]:.3f}" + (f" ({d[k]:.3f})" if d[k] is not None else "") + f" {m[k]:+.4f}"
+                 for k in range(len(p))]
+        print(f"w={','.join(f'{x:.2f}' for x in w)}  " + "  ".join(cells))
     for name, key in (("accuracy", "slopes"), ("margin", "margin_slopes")):
         print(f"slope of each objective's {name} on its own weight, per run: " + "; ".join(
             f"{o} " + " ".join(f"{row[k]:+.3f}" for row in s[key]) for k, o in enumerate(s["objectives"])))
+
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()

@@ -86,5 +86,14 @@ def test_seed_summary_refuses_fronts_over_different_weights():
     a = {"objectives": ["x", "y"], "weights": [[1.0, 0.0], [0.0, 1.0]], "points": [[0.5, 0.5]] * 2,
          "margins": [[0.0, 0.0]] * 2}
     b = dict(a, weights=[[0.9, 0.1], [0.0, 1.0]])
-    with pytest.raises(ValueError, match="different objectives or weights"):
+    with pytest.raises(ValueError, match="front 2 is over other objectives or weights"):
         hh_front.seed_summary([a, b])
+
+
+def test_summarize_names_a_file_that_is_not_a_front(tmp_path):
+    bad = tmp_path / "metrics.json"
+    bad.write_text('{"objectives": ["a", "b"], "weights": [[1, 0], [0, 1]]}')
+    with pytest.raises(SystemExit, match=r"metrics.json: not a front.json \(no points, margins\)"):
+        hh_front.print_seed_summary([str(bad)])
+    with pytest.raises(SystemExit, match="missing.json: cannot read"):
+        hh_front.print_seed_summary([str(tmp_path / "missing.json")])

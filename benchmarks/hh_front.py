@@ -3,18 +3,20 @@
     python benchmarks/hh_front.py --out runs/hh [--steps 160] [--grid 5] [--max-length 160]
                                   [--held-out 0.1] [--seed 0] [--checkpoint-every N] [--resume]
 
-The front in docs/llm.md (every pair of at most 160 tokens, 30% of the
-prompts held out, one pass): --steps 260 --pairs 0 --lr 5e-4 --prompt-lr 5e-3
---held-out 0.3 --front-pairs 1000; docs/llm.md also has it with other seeds
-and with two passes.
+The 160-token fronts in docs/llm.md (30% of the prompts held out, one
+pass): --steps 260 --pairs 0 --lr 5e-4 --prompt-lr 5e-3 --held-out 0.3
+--front-pairs 1000 --no-truncate-prompt, with several seeds and with two
+passes; without --no-truncate-prompt long dialogues keep their last turns,
+which doubles the pairs (--steps 542 is one pass).
 
 Helpful and harmless are the two objectives (../shared/data/hh-rlhf). The
 run fine-tunes LoRA + Hyper Prompt Tuning for --steps steps, then measures
 held-out preference accuracy and mean implicit-reward margin at each grid
 weight, and writes front.json / front.png (what ``cosdpo llm front`` writes).
-CPU sized: batch 4, pairs of at most --max-length tokens (160 keeps 624
-helpful and 725 harmless training pairs, 70 and 81 held out), one pass over
---pairs pairs per objective. A long CPU run checkpoints every
+CPU sized: batch 4, pairs of at most --max-length tokens (160 with
+--held-out 0.3 keeps 1072 helpful and 1093 harmless training pairs, 476
+and 465 held out; 493, 568, 201 and 238 with --no-truncate-prompt), one
+pass over --pairs pairs per objective. A long CPU run checkpoints every
 --checkpoint-every steps and continues with --resume (same flags).
 ``--summarize runs/*/front.json`` prints the mean front over runs that
 differ only in --seed, and each run's slope of accuracy on its own weight.
@@ -159,6 +161,9 @@ if __name__ == "__main__":
     ap.add_argument("--val-pairs", type=int, default=16, help="held-out pairs per objective for the end-of-run check")
     ap.add_argument("--front-pairs", type=int, default=100, help="held-out pairs per objective for the front")
     ap.add_argument("--max-length", type=int, default=160)
+    ap.add_argument("--no-truncate-prompt", dest="truncate_prompt", action="store_false",
+                    help="leave out pairs over --max-length instead of cutting their prompt to its last turns "
+                         "(how the 160-token fronts of docs/llm.md were made)")
     ap.add_argument("--held-out", type=float, default=0.1, help="fraction of prompts kept out of training for the front")
     ap.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES)
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0 = at the end of each pass")
@@ -171,7 +176,8 @@ if __name__ == "__main__":
         print_seed_summary(a.summarize)
         raise SystemExit
     data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
-    cfg = LLMConfig(max_steps=a.steps, batch_size=4, max_length=a.max_length, max_pairs=a.pairs, val_pairs=a.val_pairs,
+    cfg = LLMConfig(max_steps=a.steps, batch_size=4, max_length=a.max_length, truncate_prompt=a.truncate_prompt,
+                    max_pairs=a.pairs, val_pairs=a.val_pairs,
                     held_out=a.held_out, lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule,
                     checkpoint_every=a.checkpoint_every, val_every=10**6, seed=a.seed,
                     epochs=10**6)  # --steps sets the length; validating only at the end keeps the last step

@@ -35,8 +35,10 @@ TRAIN = dict(
     objectives=typer.Option(None, help="Comma-separated subset of the data's objectives (default: all)."),
     max_steps=typer.Option(0, "--max-steps", help="Optimizer steps (0: --epochs decides)."),
     epochs=typer.Option(1, help="Epochs, when --max-steps is 0."),
-    max_length=typer.Option(512, "--max-length", help="Tokens per prompt + response; longer pairs are counted "
-                                                      "and left out."),
+    max_length=typer.Option(512, "--max-length", help="Tokens per prompt + response."),
+    truncate_prompt=typer.Option(True, "--truncate-prompt/--no-truncate-prompt",
+                                 help="Fit a longer pair by dropping its dialogue's earliest turns (else the pair is "
+                                      "counted and left out)."),
     batch_size=typer.Option(8, "--batch-size", help="Preference pairs per optimizer step (over all processes)."),
     grad_accum=typer.Option(1, "--grad-accum", help="Micro-batches per step (memory: batch-size/grad-accum "
                                                     "pairs per forward)."),
@@ -67,7 +69,8 @@ def llm_finetune(
     weights: Optional[str] = typer.Option(None, help="Train ONE unconditioned model for this w (DPO-LS), "
                                                      "instead of Weight-COS-DPO."),
     objectives: Optional[str] = TRAIN["objectives"], max_steps: int = TRAIN["max_steps"], epochs: int = TRAIN["epochs"],
-    max_length: int = TRAIN["max_length"], batch_size: int = TRAIN["batch_size"],
+    max_length: int = TRAIN["max_length"], truncate_prompt: bool = TRAIN["truncate_prompt"],
+    batch_size: int = TRAIN["batch_size"],
     grad_accum: int = TRAIN["grad_accum"], lr: float = TRAIN["lr"], prompt_lr: float = TRAIN["prompt_lr"],
     lr_schedule: str = TRAIN["lr_schedule"],
     beta: float = TRAIN["beta"],
@@ -84,7 +87,8 @@ def llm_finetune(
     fixed = _floats(weights, "--weights")
     cfg = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr, beta,
                         alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed,
-                        checkpoint_every, progress, lr_schedule=lr_schedule, method="fixed" if fixed else "wcos",
+                        checkpoint_every, progress, lr_schedule=lr_schedule, truncate_prompt=truncate_prompt,
+                        method="fixed" if fixed else "wcos",
                         fixed_weights=tuple(fixed) if fixed else None)
     _, m = finetune_llm(data, out, cfg, fmt=fmt, resume=resume, overwrite=overwrite, log=typer.echo)
     typer.echo(f"policy in {out}: {m['steps']} steps, {m['train_seconds']:.1f} s, {m['trainable_params']:,} "
@@ -161,7 +165,8 @@ def llm_compare(
     grid: int = typer.Option(5, help="Evaluation grid (K=2: N evenly spaced weights); DPO-LS trains one model "
                                      "per weight."),
     objectives: Optional[str] = TRAIN["objectives"], max_steps: int = TRAIN["max_steps"], epochs: int = TRAIN["epochs"],
-    max_length: int = TRAIN["max_length"], batch_size: int = TRAIN["batch_size"],
+    max_length: int = TRAIN["max_length"], truncate_prompt: bool = TRAIN["truncate_prompt"],
+    batch_size: int = TRAIN["batch_size"],
     grad_accum: int = TRAIN["grad_accum"], lr: float = TRAIN["lr"], prompt_lr: float = TRAIN["prompt_lr"],
     lr_schedule: str = TRAIN["lr_schedule"],
     beta: float = TRAIN["beta"],
@@ -177,7 +182,7 @@ def llm_compare(
 
     train = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr,
                           beta, alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed, 0,
-                          progress, lr_schedule=lr_schedule)
+                          progress, lr_schedule=lr_schedule, truncate_prompt=truncate_prompt)
     result = compare_llm(data, out, LLMCompareConfig(train, _names(methods), grid, overwrite), fmt=fmt,
                          log=typer.echo)
     typer.echo(format_table(result))

@@ -47,6 +47,27 @@ def test_finetune_front_generate(tiny_llm, tiny_pairs, tmp_path):
     run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.3,0.7", "--beta", "0.5", "hi"])
 
 
+def test_long_dialogues_lose_their_earliest_turns_or_are_left_out(tiny_llm, tmp_path):
+    history = [{"role": "user", "content": "hello world how are you " * 3},
+               {"role": "assistant", "content": "the cat sat on the mat " * 3}]
+    rows = [{"prompt": history + [{"role": "user", "content": f"short answer please {i}"}],
+             "chosen": "the dog ran", "rejected": "hello"} for i in range(24)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = f"short={tmp_path / 'd.jsonl'}"
+    args = ["--model", tiny_llm, "--data", data, "--max-length", "24", "--max-steps", "1", *TINY]
+    out = run(["llm", "finetune", "--out", tmp_path / "cut", *args])
+    assert "kept 24 pairs with the prompt cut to its last turns" in out and "skipped" not in out
+    out = run(["llm", "finetune", "--out", tmp_path / "drop", "--no-truncate-prompt", *args], code=2)
+    assert "no train pairs left" in out  # all 24 are too long whole
+    run(["llm", "front", "--model", tmp_path / "cut", "--out", tmp_path / "f", "--grid", "2", "--no-progress"])
+    assert json.loads((tmp_path / "f" / "front.json").read_text())["pairs"] == {"short": 6}
+    info = json.loads((tmp_path / "cut" / "policy.json").read_text())
+    del info["config"]["truncate_prompt"]  # a policy saved before the option left long pairs out
+    (tmp_path / "cut" / "policy.json").write_text(json.dumps(info))
+    out = run(["llm", "front", "--model", tmp_path / "cut", "--out", tmp_path / "g", "--no-progress"], code=2)
+    assert "no held-out pairs left" in out
+
+
 def test_one_clear_line_for_bad_input(tiny_llm, tiny_pairs, tmp_path):
     out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "x",
                "--weights", "0.5,0.6", *TINY], code=2)

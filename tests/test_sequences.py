@@ -4,7 +4,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from cosdpo.data.tokenize import encode, pad_sequences  # noqa: E402
+from cosdpo.data.tokenize import encode_pair, pad_sequences, prompt_ids  # noqa: E402
 from cosdpo.losses import dpo, lipo, sequence_logprobs  # noqa: E402
 
 
@@ -17,14 +17,37 @@ def tokenizer():
 
 def test_encode_marks_exactly_the_response(tokenizer):
     prompt = ({"role": "user", "content": "how are you"},)
-    enc = [encode(tokenizer, prompt, "the cat sat", 64), encode(tokenizer, prompt, "hello", 64)]
+    p, c, r, cut = encode_pair(tokenizer, prompt, "the cat sat", "hello", 64)
+    enc = [(p, c), (p, r)]
+    assert not cut
     batch = pad_sequences(enc, tokenizer.pad_token_id)
     for i, text in enumerate(["the cat sat", "hello"]):
         ids = batch["input_ids"][i][batch["response_mask"][i]].tolist()
         assert tokenizer.decode(ids) == text + "</s>"
         assert tokenizer.decode(batch["input_ids"][i][: len(enc[i][0])].tolist()) == "<|user|>how are you</s><|assistant|>"
     assert batch["attention_mask"].sum(1).tolist() == [len(p) + len(r) for p, r in enc]
-    assert encode(tokenizer, prompt, "the cat sat on the mat " * 10, 16) is None
+    assert encode_pair(tokenizer, prompt, "hello", "the cat sat on the mat " * 10, 16) is None
+
+
+def response_len(tokenizer, text):
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+
+
+def test_encode_pair_cuts_the_earliest_whole_turns(tokenizer):
+    turns = ({"role": "system", "content": "be kind"}, {"role": "user", "content": "hello world"},
+             {"role": "assistant", "content": "how are you"}, {"role": "user", "content": "the cat sat"})
+    chosen, rejected = "short answer", "the dog ran far away please"
+    longest = max(response_len(tokenizer, chosen), response_len(tokenizer, rejected))
+    full = len(prompt_ids(tokenizer, turns))
+    p, _, _, cut = encode_pair(tokenizer, turns, chosen, rejected, full + longest)
+    assert p == prompt_ids(tokenizer, turns) and not cut  # fits: untouched
+    p, c, r, cut = encode_pair(tokenizer, turns, chosen, rejected, full + longest - 1)  # the longer response decides
+    assert cut and tokenizer.decode(p) == "<|system|>be kind</s><|user|>the cat sat</s><|assistant|>"
+    assert tokenizer.decode(c) == chosen + "</s>" and tokenizer.decode(r) == rejected + "</s>"
+    assert encode_pair(tokenizer, turns, chosen, rejected, full + longest - 1, truncate=False) is None
+    last = len(p)
+    assert encode_pair(tokenizer, turns, chosen, rejected, last + longest) is not None
+    assert encode_pair(tokenizer, turns, chosen, rejected, last + longest - 1) is None  # never mid-turn
 
 
 def test_sequence_logprobs_against_a_loop_and_padding():

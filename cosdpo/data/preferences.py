@@ -30,6 +30,7 @@ import numpy as np
 
 FORMATS = ("pku", "hh", "jsonl")
 PKU_OBJECTIVES = {"helpful": "better_response_id", "harmless": "safer_response_id"}
+SHORTENED = "with the prompt cut to its last turns to fit max_length"
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
@@ -47,18 +48,28 @@ class LoadReport:
     kept: Counter = field(default_factory=Counter)  # objective -> pairs
     skipped: Counter = field(default_factory=Counter)  # reason -> rows
     examples: dict = field(default_factory=dict)  # reason -> first places
+    shortened: int = 0  # kept pairs whose prompt lost its earliest turns to fit max_length
 
     def skip(self, reason: str, where: str):
         self.skipped[reason] += 1
-        self.examples.setdefault(reason, [])
-        if len(self.examples[reason]) < 3:
-            self.examples[reason].append(where)
+        self._example(reason, where)
+
+    def shorten(self, where: str):
+        self.shortened += 1
+        self._example(SHORTENED, where)
+
+    def _example(self, key: str, where: str):
+        self.examples.setdefault(key, [])
+        if len(self.examples[key]) < 3:
+            self.examples[key].append(where)
 
     def summary(self) -> str:
         kept = ", ".join(f"{n} {obj}" for obj, n in sorted(self.kept.items())) or "none"
         lines = [f"kept pairs: {kept}"]
         for reason, n in self.skipped.most_common():
             lines.append(f"skipped {n} rows: {reason} (e.g. {', '.join(self.examples[reason])})")
+        if self.shortened:
+            lines.append(f"kept {self.shortened} pairs {SHORTENED} (e.g. {', '.join(self.examples[SHORTENED])})")
         return "\n".join(lines)
 
 

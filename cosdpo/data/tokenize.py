@@ -8,7 +8,6 @@ template can change without changing what is learned.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 import numpy as np
@@ -25,11 +24,28 @@ def prompt_ids(tokenizer, prompt) -> list[int]:
     return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
 
 
-def encode(tokenizer, prompt, response: str, max_length: int):
-    """(prompt ids, response ids), or None when the pair does not fit in ``max_length`` tokens."""
-    p = prompt_ids(tokenizer, prompt)
-    r = _ids(tokenizer(response, add_special_tokens=False)) + [tokenizer.eos_token_id]
-    return None if len(p) + len(r) > max_length else (p, r)
+def encode_pair(tokenizer, prompt, chosen: str, rejected: str, max_length: int, truncate: bool = True):
+    """(prompt ids, chosen ids, rejected ids, prompt shortened?), or None when the pair cannot fit in
+    ``max_length`` tokens.
+
+    With ``truncate``, a dialogue too long to fit loses its earliest turns,
+    whole, down to the last user turn: multi-turn data (HH-RLHF) has long
+    histories whose latest question is what the two responses answer, and
+    dropping those pairs instead throws away half of them at short lengths.
+    Whole turns keep the chat template intact (a leading system message is
+    kept), and both responses get the same prompt, so the pair still
+    compares two answers to one question.
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    c, r = (_ids(tokenizer(x, add_special_tokens=False)) + [tokenizer.eos_token_id] for x in (chosen, rejected))
+    starts = [len(system)] + ([i for i in range(len(system) + 1, len(messages)) if messages[i]["role"] == "user"]
+                              if truncate else [])
+    for start in starts:
+        p = prompt_ids(tokenizer, system + messages[start:])
+        if len(p) + max(len(c), len(r)) <= max_length:
+            return p, c, r, start > len(system)
+    return None
 
 
 def pad_sequences(encoded, pad_id: int) -> dict[str, torch.Tensor]:
@@ -70,31 +86,34 @@ class PreferenceSet:
         self.lengths = np.array([len(p) + len(r) for p, r in self.sequences], dtype=np.int64)
 
     @classmethod
-    def build(cls, pairs, tokenizer, objectives, max_length: int, report=None) -> "PreferenceSet":
-        """Encode ``pairs``; a pair longer than ``max_length`` tokens is counted in ``report``."""
+    def build(cls, pairs, tokenizer, objectives, max_length: int, report=None,
+              truncate: bool = True) -> "PreferenceSet":
+        """Encode ``pairs`` (see ``encode_pair``); ``report`` counts the pairs whose prompt was cut to its
+        last turns and those that still do not fit in ``max_length`` tokens."""
         index: dict = {}
         seqs, chosen, rejected, objective, sources = [], [], [], [], []
 
         def seq_id(prompt, response):
-            key = (json.dumps(prompt, sort_keys=True), response)
+            key = (tuple(prompt), tuple(response))
             if key not in index:
-                enc = encode(tokenizer, prompt, response, max_length)
-                index[key] = None if enc is None else len(seqs)
-                if enc is not None:
-                    seqs.append(enc)
+                index[key] = len(seqs)
+                seqs.append((prompt, response))
             return index[key]
 
         for pair in pairs:
             if pair.objective not in objectives:
                 continue
-            c, r = seq_id(pair.prompt, pair.chosen), seq_id(pair.prompt, pair.rejected)
-            if c is None or r is None:
+            enc = encode_pair(tokenizer, pair.prompt, pair.chosen, pair.rejected, max_length, truncate)
+            if enc is None:
                 if report is not None:
                     report.skip(f"longer than {max_length} tokens", pair.source)
                     report.kept[pair.objective] -= 1
                 continue
-            chosen.append(c)
-            rejected.append(r)
+            p, c, r, shortened = enc
+            if shortened and report is not None:
+                report.shorten(pair.source)
+            chosen.append(seq_id(p, c))
+            rejected.append(seq_id(p, r))
             objective.append(objectives.index(pair.objective))
             sources.append(pair.source)
         return cls(seqs, chosen, rejected, objective, objectives, tokenizer.pad_token_id, sources)

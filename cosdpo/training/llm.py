@@ -62,7 +62,8 @@ class LLMConfig(TrainConfig):
     prompt_tokens: int = 8
     prompt_rank: int = 4
     prompt_hidden: int = 64
-    max_length: int = 512  # tokens of prompt + response; longer pairs are counted and left out
+    max_length: int = 512  # tokens of prompt + response
+    truncate_prompt: bool = True  # a longer dialogue loses its earliest turns; False: the pair is left out (counted)
     max_pairs: int = 0  # training pairs per objective; 0 = all
     held_out: float = 0.1  # fraction of prompts kept out of training
     val_pairs: int = 32  # held-out pairs per objective used for validation during training
@@ -115,7 +116,8 @@ def load_splits(data: str, tokenizer, cfg: LLMConfig, fmt: str | None = None, sp
     The data is read once. The held-out prompts are the same for every job
     with the same data, ``held_out`` and ``split_seed``, so ``llm front``
     measures on prompts the training never saw. The report counts the rows
-    the loaders skipped and, in the splits read, the pairs over ``max_length``.
+    the loaders skipped and, in the splits read, the pairs over ``max_length``
+    and those kept by cutting their prompt.
     """
     pairs, found, report = load_many(data, fmt)
     objectives = list(cfg.objectives) or found
@@ -126,7 +128,7 @@ def load_splits(data: str, tokenizer, cfg: LLMConfig, fmt: str | None = None, sp
     out = {}
     for split in splits:
         chosen = {"train": train_pairs, "held-out": held, "all": pairs}[split]
-        data_set = PreferenceSet.build(chosen, tokenizer, objectives, cfg.max_length, report)
+        data_set = PreferenceSet.build(chosen, tokenizer, objectives, cfg.max_length, report, cfg.truncate_prompt)
         # capped after the length filter, so that --max-pairs is what training gets
         data_set = _cap(data_set, cfg.max_pairs if split == "train" else cfg.val_pairs, cfg.split_seed)
         for o, n in data_set.counts().items():
@@ -292,7 +294,7 @@ def write_front(model_dir, data: str | None, out, *, grid: int | None = None, sp
     if split not in ("held-out", "all"):
         raise ValueError(f"split must be held-out or all, got {split!r}")
     info = read_policy_info(model_dir)
-    cfg = LLMConfig(**info["config"])
+    cfg = LLMConfig(**({"truncate_prompt": False} | info["config"]))  # older policies left long pairs out
     if max_pairs is not None:
         cfg.val_pairs = max_pairs
     data = data or info["data"]

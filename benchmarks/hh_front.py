@@ -163,7 +163,7 @@ if __name__ == "__main__":
     ap.add_argument("--max-length", type=int, default=160)
     ap.add_argument("--no-truncate-prompt", dest="truncate_prompt", action="store_false",
                     help="leave out pairs over --max-length instead of cutting their prompt to its last turns "
-                         "(how the 160-token fronts of docs/llm.md were made)")
+                         "(how the docs/llm.md fronts before 'Twice the pairs' were made)")
     ap.add_argument("--held-out", type=float, default=0.1, help="fraction of prompts kept out of training for the front")
     ap.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES)
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0 = at the end of each pass")

@@ -168,6 +168,9 @@ if __name__ == "__main__":
     ap.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES)
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0 = at the end of each pass")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    ap.add_argument("--reference", metavar="FILE",
+                    help="reference log-prob cache (training and front pairs) shared by runs on the same split, "
+                         "computed where missing (default: training's in --out/policy, the front's not kept)")
     ap.add_argument("--seed", type=int, default=0, help="initialisation, batch order and sampled w (not the split)")
     ap.add_argument("--summarize", nargs="+", metavar="FRONT_JSON",
                     help="print the mean front and per-run slopes of these runs' front.json files, train nothing")
@@ -183,10 +186,11 @@ if __name__ == "__main__":
                     epochs=10**6)  # --steps sets the length; validating only at the end keeps the last step
                                    # rather than one picked on pairs of the held-out prompts
     t0 = time.perf_counter()
-    policy, metrics = finetune_llm(data, Path(a.out) / "policy", cfg, resume=a.resume, overwrite=not a.resume)
+    policy, metrics = finetune_llm(data, Path(a.out) / "policy", cfg, resume=a.resume, overwrite=not a.resume,
+                                   reference_file=a.reference)
     t1 = time.perf_counter()
     front = write_front(Path(a.out) / "policy", data, Path(a.out), grid=a.grid, policy=policy,
-                        max_pairs=a.front_pairs, keep_pairs=True)
+                        max_pairs=a.front_pairs, keep_pairs=True, reference_file=a.reference)
     t2 = time.perf_counter()
     print(f"training {metrics['train_seconds']:.0f} s of {t1 - t0:.0f} s; front {t2 - t1:.0f} s")
     for w, p, m in zip(front["weights"], front["points"], front["margins"]):

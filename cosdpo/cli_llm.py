@@ -107,12 +107,16 @@ def llm_front(
     grid: Optional[int] = typer.Option(None, help="N evenly spaced weights for K=2 (default 11)."),
     max_pairs: Optional[int] = typer.Option(None, "--max-pairs", help="Pairs per objective (default: as in "
                                                                        "training's validation)."),
+    cache_reference: bool = typer.Option(True, "--cache-reference/--no-cache-reference",
+                                         help="Keep the reference log-probs of these pairs in the policy folder's "
+                                              "cache, so the next front of the same pairs skips that pass."),
     progress: bool = TRAIN["progress"],
 ):
     """Held-out preference accuracy and mean margin per objective at each w: front.json and front.png."""
-    from .training.llm import write_front
+    from .training.llm import REFERENCE_FILE, write_front
 
-    front = write_front(model, data, out, grid=grid, split=split, max_pairs=max_pairs, fmt=fmt, progress=progress)
+    front = write_front(model, data, out, grid=grid, split=split, max_pairs=max_pairs, fmt=fmt, progress=progress,
+                        reference_file=model / REFERENCE_FILE if cache_reference else None)
     names = front["objectives"]
     typer.echo("  w" + " " * 14 + "".join(f"{'acc ' + n[:10]:>16}" for n in names)
                + "".join(f"{'margin ' + n[:8]:>17}" for n in names))

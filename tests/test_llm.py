@@ -133,6 +133,34 @@ def test_reference_cache_recomputes_only_changed_sets(tiny_llm, tiny_pairs, tmp_
     np.testing.assert_allclose(held3.ref, h3, atol=1e-5)
 
 
+def test_a_front_shares_the_training_reference_cache(tiny_llm, tiny_pairs, tmp_path, monkeypatch):
+    import cosdpo.training.llm as llm
+
+    policy, _ = finetune_llm(tiny_pairs, tmp_path / "p", cfg_for(tiny_llm, max_steps=2), log=quiet)
+    cache = tmp_path / "p" / llm.REFERENCE_FILE
+    scored = []
+    real = llm.sequence_scores
+    monkeypatch.setattr(llm, "sequence_scores",
+                        lambda *a, **kw: scored.append(kw.get("desc") if kw.get("reference") else "w") or real(*a, **kw))
+    first = llm.write_front(tmp_path / "p", None, tmp_path / "f1", grid=3, policy=policy, progress=False,
+                            reference_file=cache)
+    assert scored.count("reference log-probs (front)") == 1
+    scored.clear()
+    second = llm.write_front(tmp_path / "p", None, tmp_path / "f2", grid=3, policy=policy, progress=False,
+                             reference_file=cache)
+    assert "reference log-probs (front)" not in scored and scored  # read back; the policy is still scored
+    assert second["points"] == first["points"] and second["margins"] == first["margins"]
+    uncached = llm.write_front(tmp_path / "p", None, tmp_path / "f3", grid=3, policy=policy, progress=False)
+    np.testing.assert_allclose(uncached["margins"], first["margins"], atol=1e-6)
+    scored.clear()  # the front did not cost training its cache: resuming reads train and vali back
+    base, tok = load_base(str(tiny_llm))
+    cfg = cfg_for(tiny_llm, max_steps=2)
+    sets = {name: load_split(tiny_pairs, tok, cfg, None, split)[0] for name, split in (("train", "train"),
+                                                                                       ("vali", "held-out"))}
+    llm.reference_logprobs(policy, sets, cfg, cache, progress=False)
+    assert scored == []
+
+
 def test_gradient_accumulation_takes_the_same_step(tiny_llm, tiny_pairs, tmp_path):
     a, _ = finetune_llm(tiny_pairs, tmp_path / "a", cfg_for(tiny_llm, max_steps=3), log=quiet)
     b, _ = finetune_llm(tiny_pairs, tmp_path / "b", cfg_for(tiny_llm, max_steps=3, grad_accum=4), log=quiet)

@@ -39,6 +39,10 @@ def test_finetune_front_generate(tiny_llm, tiny_pairs, tmp_path):
         assert key in front
     assert front["objectives"] == ["short", "cat"] and len(front["points"]) == 3
     assert (tmp_path / "f" / "front.png").stat().st_size > 0 and "hypervolume" in out
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "p" / "reference_logprobs.safetensors"), "pt") as f:
+        assert set(f.keys()) == {"train", "vali", "front"}  # the front's reference joined training's cache
     greedy = run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.3,0.7", "--max-new-tokens", "5",
                   "hello world"], stdout=True)
     again = run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.3,0.7", "--max-new-tokens", "5",

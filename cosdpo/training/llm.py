@@ -160,24 +160,32 @@ def _fingerprint(model_name: str, data: PreferenceSet) -> str:
 def reference_logprobs(policy, sets: dict[str, PreferenceSet], cfg: LLMConfig, path: Path | None,
                        progress: bool = True):
     """Fill each set's ``ref``, reading from ``path`` every set made from the same model and sequences
-    (a run that changes only the validation pairs recomputes only those)."""
+    (a run that changes only the validation pairs recomputes only those).
+
+    The file is shared by name: sets it holds under other names (training's
+    ``train``, a front's ``front``) are kept when it is written again, so a
+    front read after training does not cost training its cache.
+    """
     prints = {name: _fingerprint(cfg.model, s) for name, s in sets.items()}
-    todo = dict(sets)
+    todo, kept, kept_prints = dict(sets), {}, {}
     if path is not None and path.is_file():
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-            for name, s in sets.items():
-                if meta.get(name) == prints[name]:
-                    s.ref = f.get_tensor(name).double().numpy()
+            for name in f.keys():
+                if name in sets and meta.get(name) == prints[name]:
+                    sets[name].ref = f.get_tensor(name).double().numpy()
                     del todo[name]
+                elif name not in sets and name in meta:
+                    kept[name], kept_prints[name] = f.get_tensor(name), meta[name]
     if not todo:
         return
     for name, s in todo.items():
         s.ref = sequence_scores(policy, s, reference=True, max_tokens=cfg.max_tokens, progress=progress,
                                 desc=f"reference log-probs ({name})")
     if path is not None:
+        tensors = kept | {name: torch.from_numpy(s.ref) for name, s in sets.items()}
         with atomic_file(path) as f:
-            f.write(safetensors_bytes({name: torch.from_numpy(s.ref) for name, s in sets.items()}, metadata=prints))
+            f.write(safetensors_bytes(tensors, metadata=kept_prints | prints))
 
 
 class PreferenceTask:
@@ -283,13 +291,16 @@ def finetune_llm(data: str, out, cfg: LLMConfig, *, fmt: str | None = None, resu
 
 def write_front(model_dir, data: str | None, out, *, grid: int | None = None, split: str = "held-out",
                 max_pairs: int | None = None, fmt: str | None = None, policy=None, tokenizer=None,
-                progress: bool = True, keep_pairs: bool = False) -> dict:
+                progress: bool = True, keep_pairs: bool = False, reference_file=None) -> dict:
     """Held-out front of the policy in ``model_dir`` -> front.json and front.png in ``out``.
 
     ``split="held-out"`` re-derives the prompts the training kept out (same
     data, fraction and seed as in policy.json); ``"all"`` uses every pair of
     ``data`` (a separate test file). ``data`` None: the training data.
     ``keep_pairs``: front.json also holds every pair's margin at every w.
+    ``reference_file``: the reference log-probs of the front's pairs are read
+    from (or added to) this cache, so a second front of the same pairs (another
+    grid, another policy from the same base) skips the reference pass.
     """
     if split not in ("held-out", "all"):
         raise ValueError(f"split must be held-out or all, got {split!r}")
@@ -306,7 +317,7 @@ def write_front(model_dir, data: str | None, out, *, grid: int | None = None, sp
 
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     test, _, _ = load_split(data, tokenizer, cfg, fmt, split)
-    reference_logprobs(policy, {"test": test}, cfg, None, progress)
+    reference_logprobs(policy, {"front": test}, cfg, Path(reference_file) if reference_file else None, progress)
 
     def scores_at(w):
         return sequence_scores(policy, test, torch.tensor(w, dtype=torch.float32), max_tokens=cfg.max_tokens)

@@ -1,6 +1,6 @@
 """A short Weight-COS-DPO run of SmolLM2-135M-Instruct on the HH-RLHF sample, and its front.
 
-    python benchmarks/hh_front.py --out runs/hh [--steps 160] [--grid 5] [--max-length 160]
+    python benchmarks/hh_front.py --out runs/hh [--steps 160] [--batch-size 4] [--grid 5] [--max-length 160]
                                   [--held-out 0.1] [--seed 0] [--checkpoint-every N] [--resume]
 
 The 160-token fronts in docs/llm.md (30% of the prompts held out, one
@@ -13,12 +13,15 @@ Helpful and harmless are the two objectives (../shared/data/hh-rlhf). The
 run fine-tunes LoRA + Hyper Prompt Tuning for --steps steps, then measures
 held-out preference accuracy and mean implicit-reward margin at each grid
 weight, and writes front.json / front.png (what ``cosdpo llm front`` writes).
-CPU sized: batch 4, pairs of at most --max-length tokens (160 with
+CPU sized: batch 4 (--batch-size), pairs of at most --max-length tokens (160 with
 --held-out 0.3 keeps 1072 helpful and 1093 harmless training pairs, 476
 and 465 held out; 493, 568, 201 and 238 with --no-truncate-prompt), one
 pass over --pairs pairs per objective. A long CPU run checkpoints every
 --checkpoint-every steps and continues with --resume (same flags).
-``--summarize runs/*/front.json`` prints the mean front over runs that
+``--fixed-weights 1,0`` (or ``0,1``) trains one model on one objective
+instead (DPO with a plain prompt, the corner baseline): how far each
+objective is learnable alone, and how much it costs the other, at this
+size. ``--summarize runs/*/front.json`` prints the mean front over runs that
 differ only in --seed, and each run's slope of accuracy on its own weight.
 """
 
@@ -91,7 +94,9 @@ def corner_test(front: dict) -> dict:
         own, other = m[np.argmax(w[:, k])][obj == k], m[np.argmin(w[:, k])][obj == k]
         n_own, n_other = int(((own > 0) & (other <= 0)).sum()), int(((other > 0) & (own <= 0)).sum())
         sign_p = stats.binomtest(n_own, n_own + n_other).pvalue if n_own + n_other else 1.0
-        out[o] = (n_own, n_other, sign_p, stats.wilcoxon(own, other).pvalue)
+        # a model that ignores w (--fixed-weights) has equal corners: nothing to test, p = 1
+        wilcoxon_p = stats.wilcoxon(own, other).pvalue if np.any(own != other) else 1.0
+        out[o] = (n_own, n_other, sign_p, wilcoxon_p)
     return out
 
 
@@ -157,6 +162,7 @@ if __name__ == "__main__":
     ap.add_argument("--grid", type=int, default=5)
     ap.add_argument("--lr", type=float, default=5e-4, help="2e-3 diverged (docs/llm.md)")
     ap.add_argument("--prompt-lr", type=float, default=0.0, help="lr of the Hyper Prompt; 0 = --lr")
+    ap.add_argument("--batch-size", type=int, default=4, help="pairs per step (one w per step)")
     ap.add_argument("--pairs", type=int, default=320)
     ap.add_argument("--val-pairs", type=int, default=16, help="held-out pairs per objective for the end-of-run check")
     ap.add_argument("--front-pairs", type=int, default=100, help="held-out pairs per objective for the front")
@@ -171,6 +177,9 @@ if __name__ == "__main__":
     ap.add_argument("--reference", metavar="FILE",
                     help="reference log-prob cache (training and front pairs) shared by runs on the same split, "
                          "computed where missing (default: training's in --out/policy, the front's not kept)")
+    ap.add_argument("--fixed-weights", metavar="W1,W2",
+                    help="train one model for this w (DPO-LS; a 0 leaves that objective's pairs out) "
+                         "instead of Weight-COS-DPO: a corner run measures what one objective alone learns")
     ap.add_argument("--seed", type=int, default=0, help="initialisation, batch order and sampled w (not the split)")
     ap.add_argument("--summarize", nargs="+", metavar="FRONT_JSON",
                     help="print the mean front and per-run slopes of these runs' front.json files, train nothing")
@@ -179,10 +188,12 @@ if __name__ == "__main__":
         print_seed_summary(a.summarize)
         raise SystemExit
     data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
-    cfg = LLMConfig(max_steps=a.steps, batch_size=4, max_length=a.max_length, truncate_prompt=a.truncate_prompt,
+    cfg = LLMConfig(max_steps=a.steps, batch_size=a.batch_size, max_length=a.max_length, truncate_prompt=a.truncate_prompt,
                     max_pairs=a.pairs, val_pairs=a.val_pairs,
                     held_out=a.held_out, lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule,
                     checkpoint_every=a.checkpoint_every, val_every=10**6, seed=a.seed,
+                    method="fixed" if a.fixed_weights else "wcos",
+                    fixed_weights=tuple(float(x) for x in a.fixed_weights.split(",")) if a.fixed_weights else None,
                     epochs=10**6)  # --steps sets the length; validating only at the end keeps the last step
                                    # rather than one picked on pairs of the held-out prompts
     t0 = time.perf_counter()

@@ -60,6 +60,13 @@ def test_corner_test_counts_discordant_pairs_and_matches_scipy():
         assert got[name][3] == pytest.approx(stats.wilcoxon(o - t).pvalue)
 
 
+def test_corner_test_of_a_model_that_ignores_w_finds_nothing():
+    """A --fixed-weights run scores every w alike; on all-zero differences scipy's Wilcoxon gives nan."""
+    margins = np.random.default_rng(2).normal(size=40).tolist()
+    front = _front([margins, margins, margins], [0] * 20 + [1] * 20)
+    assert hh_front.corner_test(front) == {"helpful": (0, 0, 1.0, 1.0), "harmless": (0, 0, 1.0, 1.0)}
+
+
 def test_seed_summary_means_and_slopes_match_numpy_and_scipy():
     rng = np.random.default_rng(1)
     weights = [[1.0, 0.0], [0.75, 0.25], [0.5, 0.5], [0.25, 0.75], [0.0, 1.0]]

@@ -172,6 +172,7 @@ if __name__ == "__main__":
                          "(how the docs/llm.md fronts before 'Twice the pairs' were made)")
     ap.add_argument("--held-out", type=float, default=0.1, help="fraction of prompts kept out of training for the front")
     ap.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES)
+    ap.add_argument("--warmup", type=int, default=0, help="steps of linear lr warmup")
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0 = at the end of each pass")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     ap.add_argument("--reference", metavar="FILE",
@@ -191,7 +192,7 @@ if __name__ == "__main__":
     cfg = LLMConfig(max_steps=a.steps, batch_size=a.batch_size, max_length=a.max_length, truncate_prompt=a.truncate_prompt,
                     max_pairs=a.pairs, val_pairs=a.val_pairs,
                     held_out=a.held_out, lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule,
-                    checkpoint_every=a.checkpoint_every, val_every=10**6, seed=a.seed,
+                    warmup_steps=a.warmup, checkpoint_every=a.checkpoint_every, val_every=10**6, seed=a.seed,
                     method="fixed" if a.fixed_weights else "wcos",
                     fixed_weights=tuple(float(x) for x in a.fixed_weights.split(",")) if a.fixed_weights else None,
                     epochs=10**6)  # --steps sets the length; validating only at the end keeps the last step

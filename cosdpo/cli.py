@@ -65,9 +65,9 @@ def data_synth(out: Path = OutOpt, queries: int = typer.Option(1000, help="Numbe
 
 
 def _train_options(epochs, batch_size, lr, seed, patience, checkpoint_every, d_model, layers, heads, dropout,
-                   split_seed, progress, lr_schedule="constant", val_every=1):
+                   split_seed, progress, lr_schedule="constant", val_every=1, warmup_steps=0):
     opts = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, patience=patience, lr_schedule=lr_schedule,
-                val_every=val_every,
+                val_every=val_every, warmup_steps=warmup_steps,
                 checkpoint_every=checkpoint_every, n_layers=layers, n_heads=heads, dropout=dropout,
                 split_seed=split_seed, progress=progress)
     if d_model is not None:
@@ -81,6 +81,7 @@ COMMON = dict(
     lr=typer.Option(1e-3, help="AdamW learning rate."),
     lr_schedule=typer.Option("constant", "--lr-schedule", help="constant, or cosine: decay to 0 over the planned "
                                                                  "steps (the last model is settled, not mid-jump)."),
+    warmup_steps=typer.Option(0, "--warmup-steps", help="Ramp the lr linearly from 0 over the first N steps."),
     seed=typer.Option(0, help="Seed of initialisation, batch order and sampled weights."),
     patience=typer.Option(5, help="Stop after this many validations without improvement (0: never)."),
     val_every=typer.Option(1, "--val-every", help="Validate every N epochs (and at the end); the front on vali "
@@ -105,7 +106,8 @@ def ltr_train_base(
     d_model: Optional[int] = typer.Option(128, "--d-model", help="Transformer width."),
     max_label: int = typer.Option(4, "--max-label", help="Labels must be integers 0..max-label."),
     epochs: int = COMMON["epochs"], batch_size: int = COMMON["batch_size"], lr: float = COMMON["lr"],
-    lr_schedule: str = COMMON["lr_schedule"], seed: int = COMMON["seed"], patience: int = COMMON["patience"],
+    lr_schedule: str = COMMON["lr_schedule"], warmup_steps: int = COMMON["warmup_steps"],
+    seed: int = COMMON["seed"], patience: int = COMMON["patience"],
     val_every: int = COMMON["val_every"], checkpoint_every: int = COMMON["checkpoint_every"],
     layers: int = COMMON["layers"], heads: int = COMMON["heads"], dropout: float = COMMON["dropout"],
     split_seed: int = COMMON["split_seed"], resume: bool = COMMON["resume"], overwrite: bool = COMMON["overwrite"],
@@ -117,7 +119,7 @@ def ltr_train_base(
     cfg = BaseConfig(exclude=_names(exclude), max_label=max_label,
                      **_train_options(epochs, batch_size, lr, seed, patience, checkpoint_every, d_model, layers,
                                       heads, dropout, split_seed, progress, lr_schedule=lr_schedule,
-                                      val_every=val_every))
+                                      val_every=val_every, warmup_steps=warmup_steps))
     _, metrics = train_base(data, out, cfg, resume=resume, overwrite=overwrite)
     typer.echo(f"base ranker in {out}: validation NDCG@10 {metrics['val_ndcg']:.4f}, "
                f"{metrics['train_seconds']:.1f} s, {metrics['epochs_run']} epochs")
@@ -146,7 +148,8 @@ def ltr_finetune(
                                                     "url_clicks=log2,quality1=linear:0:255 (see docs)."),
     d_model: Optional[int] = typer.Option(64, "--d-model", help="Width of the conditioned network."),
     epochs: int = COMMON["epochs"], batch_size: int = COMMON["batch_size"], lr: float = COMMON["lr"],
-    lr_schedule: str = COMMON["lr_schedule"], seed: int = COMMON["seed"], patience: int = COMMON["patience"],
+    lr_schedule: str = COMMON["lr_schedule"], warmup_steps: int = COMMON["warmup_steps"],
+    seed: int = COMMON["seed"], patience: int = COMMON["patience"],
     val_every: int = COMMON["val_every"], checkpoint_every: int = COMMON["checkpoint_every"],
     layers: int = COMMON["layers"], heads: int = COMMON["heads"], dropout: float = COMMON["dropout"],
     split_seed: int = COMMON["split_seed"], resume: bool = COMMON["resume"], overwrite: bool = COMMON["overwrite"],
@@ -161,7 +164,7 @@ def ltr_finetune(
                          beta_range=tuple(_floats(beta_range, "--beta-range")),
                          **_train_options(epochs, batch_size, lr, seed, patience, checkpoint_every, d_model, layers,
                                           heads, dropout, split_seed, progress, lr_schedule=lr_schedule,
-                                      val_every=val_every))
+                                      val_every=val_every, warmup_steps=warmup_steps))
     _, metrics = finetune(data, base, out, cfg, resume=resume, overwrite=overwrite)
     typer.echo(f"conditioned ranker in {out}: validation hypervolume {metrics['val_hypervolume']:.4f}, "
                f"{metrics['train_seconds']:.1f} s, {metrics['trainable_params']} trainable parameters")
@@ -184,7 +187,8 @@ def ltr_compare(
     param: str = typer.Option("augment", help="scratch or augment (all methods)."),
     d_model: Optional[int] = typer.Option(64, "--d-model", help="Width of every fine-tuned network."),
     epochs: int = COMMON["epochs"], batch_size: int = COMMON["batch_size"], lr: float = COMMON["lr"],
-    lr_schedule: str = COMMON["lr_schedule"], seed: int = COMMON["seed"], patience: int = COMMON["patience"],
+    lr_schedule: str = COMMON["lr_schedule"], warmup_steps: int = COMMON["warmup_steps"],
+    seed: int = COMMON["seed"], patience: int = COMMON["patience"],
     val_every: int = COMMON["val_every"], layers: int = COMMON["layers"], heads: int = COMMON["heads"],
     dropout: float = COMMON["dropout"], split_seed: int = COMMON["split_seed"], overwrite: bool = COMMON["overwrite"],
     progress: bool = COMMON["progress"],
@@ -196,7 +200,7 @@ def ltr_compare(
     train = FinetuneConfig(objectives=_names(objectives), alpha=alpha, penalty=penalty, beta=beta, param=param,
                            **_train_options(epochs, batch_size, lr, seed, patience, 0, d_model, layers, heads,
                                             dropout, split_seed, progress, lr_schedule=lr_schedule,
-                                            val_every=val_every))
+                                            val_every=val_every, warmup_steps=warmup_steps))
     result = compare(data, base, out, CompareConfig(train, _names(methods), grid, grid_kind, overwrite))
     typer.echo(format_table(result))
     typer.echo(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")

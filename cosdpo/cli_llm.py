@@ -45,6 +45,8 @@ TRAIN = dict(
     lr=typer.Option(5e-4, help="AdamW learning rate (LoRA)."),
     lr_schedule=typer.Option("constant", "--lr-schedule", help="constant, or cosine: decay both lrs to 0 over the "
                                                                  "planned steps."),
+    warmup_steps=typer.Option(0, "--warmup-steps", help="Ramp both lrs linearly from 0 over the first N steps "
+                                                        "(steadies a large --prompt-lr)."),
     prompt_lr=typer.Option(0.0, "--prompt-lr", help="Learning rate of the Hyper Prompt (0: --lr); prompt tuning "
                                                     "wants a larger one than LoRA."),
     beta=typer.Option(0.1, help="DPO temperature."),
@@ -72,7 +74,7 @@ def llm_finetune(
     max_length: int = TRAIN["max_length"], truncate_prompt: bool = TRAIN["truncate_prompt"],
     batch_size: int = TRAIN["batch_size"],
     grad_accum: int = TRAIN["grad_accum"], lr: float = TRAIN["lr"], prompt_lr: float = TRAIN["prompt_lr"],
-    lr_schedule: str = TRAIN["lr_schedule"],
+    lr_schedule: str = TRAIN["lr_schedule"], warmup_steps: int = TRAIN["warmup_steps"],
     beta: float = TRAIN["beta"],
     alpha: float = TRAIN["alpha"], penalty: float = TRAIN["penalty"], lora_rank: int = TRAIN["lora_rank"],
     prompt_tokens: int = TRAIN["prompt_tokens"], max_pairs: int = TRAIN["max_pairs"],
@@ -87,7 +89,8 @@ def llm_finetune(
     fixed = _floats(weights, "--weights")
     cfg = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr, beta,
                         alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed,
-                        checkpoint_every, progress, lr_schedule=lr_schedule, truncate_prompt=truncate_prompt,
+                        checkpoint_every, progress, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
+                        truncate_prompt=truncate_prompt,
                         method="fixed" if fixed else "wcos",
                         fixed_weights=tuple(fixed) if fixed else None)
     _, m = finetune_llm(data, out, cfg, fmt=fmt, resume=resume, overwrite=overwrite, log=typer.echo)
@@ -172,7 +175,7 @@ def llm_compare(
     max_length: int = TRAIN["max_length"], truncate_prompt: bool = TRAIN["truncate_prompt"],
     batch_size: int = TRAIN["batch_size"],
     grad_accum: int = TRAIN["grad_accum"], lr: float = TRAIN["lr"], prompt_lr: float = TRAIN["prompt_lr"],
-    lr_schedule: str = TRAIN["lr_schedule"],
+    lr_schedule: str = TRAIN["lr_schedule"], warmup_steps: int = TRAIN["warmup_steps"],
     beta: float = TRAIN["beta"],
     alpha: float = TRAIN["alpha"], penalty: float = TRAIN["penalty"], lora_rank: int = TRAIN["lora_rank"],
     prompt_tokens: int = TRAIN["prompt_tokens"], max_pairs: int = TRAIN["max_pairs"],
@@ -186,7 +189,7 @@ def llm_compare(
 
     train = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr,
                           beta, alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed, 0,
-                          progress, lr_schedule=lr_schedule, truncate_prompt=truncate_prompt)
+                          progress, lr_schedule=lr_schedule, warmup_steps=warmup_steps, truncate_prompt=truncate_prompt)
     result = compare_llm(data, out, LLMCompareConfig(train, _names(methods), grid, overwrite), fmt=fmt,
                          log=typer.echo)
     typer.echo(format_table(result))

@@ -65,6 +65,8 @@ def test_cli_pipeline_on_synthetic_data(tmp_path):
       "--grades", "quality1"], "expected NAME=SPEC"),
     (["ltr", "finetune", "--data", "{bad}", "--base", "{tmp}", "--objectives", "quality1", "--out", "{tmp}/f",
       "--lr-schedule", "linear"], "lr_schedule must be one of"),
+    (["ltr", "compare", "--data", "{bad}", "--base", "{tmp}", "--objectives", "quality1", "--out", "{tmp}/f",
+      "--warmup-steps", "-1"], "warmup_steps must be >= 0"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     bad = tmp_path / "bad.txt"

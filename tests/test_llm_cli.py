@@ -83,12 +83,16 @@ def test_one_clear_line_for_bad_input(tiny_llm, tiny_pairs, tmp_path):
     assert "not a cosdpo LLM policy" in out
     out = run(["llm", "generate", "--model", tmp_path, "--weights", "1", "--beta", "0", "hi"], code=2)
     assert "beta" in out
+    out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "z",
+               "--max-steps", "2", "--warmup-steps", "2", *TINY], code=2)
+    assert "warmup_steps (2) must be fewer than max_steps (2)" in out
 
 
 def test_dpo_ls_model_from_the_command_line(tiny_llm, tiny_pairs, tmp_path):
     run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "ls",
-         "--weights", "0.5,0.5", "--max-steps", "2", *TINY])
+         "--weights", "0.5,0.5", "--max-steps", "2", "--warmup-steps", "1", *TINY])
     info = json.loads((tmp_path / "ls" / "policy.json").read_text())
+    assert info["config"]["warmup_steps"] == 1
     assert info["method"] == "fixed" and info["fixed_weights"] == [0.5, 0.5]
 
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from cosdpo.data import RankingSet
 from cosdpo.evaluation.front import ndcg_report, ranker_front, score_base, score_conditioned
 from cosdpo.models.ranker import BaseRanker, load_ranker
-from cosdpo.training.loop import TrainConfig
+from cosdpo.training.loop import TrainConfig, lr_factor
 from cosdpo.training.ltr import BaseConfig, FinetuneConfig, WeightCOSTask, finetune, train_base
 
 from .conftest import TINY
@@ -59,9 +59,9 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(tiny_fold, tiny_base,
     assert [r["epoch"] for r in log] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_resume_after_a_crash_mid_epoch(tiny_fold, tiny_base, tmp_path, monkeypatch, schedule):
-    cfg = dict(FT, dropout=0.2, patience=0, checkpoint_every=2, lr_schedule=schedule)
+@pytest.mark.parametrize("schedule, warmup", [("constant", 0), ("cosine", 3)])
+def test_resume_after_a_crash_mid_epoch(tiny_fold, tiny_base, tmp_path, monkeypatch, schedule, warmup):
+    cfg = dict(FT, dropout=0.2, patience=0, checkpoint_every=2, lr_schedule=schedule, warmup_steps=warmup)
     finetune(tiny_fold, tiny_base, tmp_path / "straight", FinetuneConfig(epochs=2, **cfg))
     real_terms = WeightCOSTask.terms
 
@@ -76,6 +76,11 @@ def test_resume_after_a_crash_mid_epoch(tiny_fold, tiny_base, tmp_path, monkeypa
     state = json.loads((tmp_path / "crashed" / "checkpoint" / "state.json").read_text())["state"]
     assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (6, 1, 1)
     assert not (tmp_path / "crashed" / "config.json").exists()
+    if not warmup:  # a checkpoint written before warmup_steps existed resumes as a run without warmup
+        path = tmp_path / "crashed" / "checkpoint" / "state.json"
+        saved = json.loads(path.read_text())
+        del saved["job"]["warmup_steps"]
+        path.write_text(json.dumps(saved))
     monkeypatch.setattr(WeightCOSTask, "terms", real_terms)
     finetune(tiny_fold, tiny_base, tmp_path / "crashed", FinetuneConfig(epochs=2, **cfg), resume=True)
     _same_weights(tmp_path / "straight", tmp_path / "crashed")
@@ -97,6 +102,26 @@ def test_cosine_schedule_follows_torchs_cosine_annealing(tiny_fold, tiny_base, t
     assert saved[0] < 3e-3 * 0.03  # near the end of the decay, not the constant lr
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+@pytest.mark.parametrize("warmup", [0, 1, 7])
+def test_lr_factor_is_transformers_schedule_with_warmup(schedule, warmup):
+    """Every step's factor against transformers' own schedulers over a 30-step run."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    total = 30
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = (get_cosine_schedule_with_warmup(opt, warmup, total) if schedule == "cosine"
+             else get_constant_schedule_with_warmup(opt, warmup))
+    theirs = []
+    for _ in range(total):
+        theirs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    ours = [lr_factor(schedule, step, total, warmup) for step in range(total)]
+    assert ours == pytest.approx(theirs, abs=1e-12)
+    assert ours[0] == (0.0 if warmup else 1.0)
+
+
 def test_nothing_is_overwritten_by_accident(tiny_fold, tiny_base, tmp_path):
     finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=1, **FT))
     with pytest.raises(FileExistsError, match="--resume"):
@@ -110,7 +135,8 @@ def test_nothing_is_overwritten_by_accident(tiny_fold, tiny_base, tmp_path):
 @pytest.mark.parametrize("bad, match", [
     (dict(epochs=0), "epochs"), (dict(lr=-1), "lr"), (dict(alpha=0), "alpha"), (dict(penalty=-1), "penalty"),
     (dict(beta=0), "beta"), (dict(param="lora"), "param"), (dict(lr_schedule="linear"), "lr_schedule"),
-    (dict(transform="rank"), "transform"),
+    (dict(transform="rank"), "transform"), (dict(warmup_steps=-1), "warmup_steps"),
+    (dict(max_steps=10, warmup_steps=10), "fewer than max_steps"),
     (dict(objectives=()), "at least one objective"), (dict(objectives=("a", "a")), "twice"),
     (dict(grades={"quality1": "sqrt"}), "grade transform"), (dict(d_model=10, n_heads=4), "divisible"),
 ])

@@ -47,18 +47,26 @@ CHECKPOINT = "checkpoint"
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def lr_factor(schedule: str, step: int, total: int) -> float:
+def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
     """The multiplier of every group's lr at ``step`` (0-based) of ``total``.
 
     Why cosine: without early stopping the last step's weights are the
     model, and at a constant lr they still jump with the w drawn at that
-    step; decaying to 0 lets the run end in a settled state. The factor
-    depends on the step and the planned total only, so a resumed run needs
-    no scheduler state (raising epochs or max_steps on resume stretches it).
+    step; decaying to 0 lets the run end in a settled state. Why warmup:
+    Adam's first steps divide by a second moment estimated from a handful of
+    gradients, and a large prompt lr then throws the prefix far off (the loss
+    bursts of docs/llm.md); a linear ramp over ``warmup`` steps lets the
+    estimate settle. The ramp and decay are those of transformers'
+    ``get_{constant,cosine}_schedule_with_warmup``, so settings carry over
+    from TRL. The factor depends on the step and the planned total only, so a
+    resumed run needs no scheduler state (raising epochs or max_steps on
+    resume stretches it).
     """
-    if schedule == "constant" or total <= 0:
+    if step < warmup:
+        return step / warmup
+    if schedule == "constant" or total <= warmup:
         return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    return 0.5 * (1.0 + math.cos(math.pi * (min(step, total) - warmup) / (total - warmup)))
 
 
 @dataclass
@@ -75,13 +83,14 @@ class TrainConfig:
     max_steps: int = 0  # > 0: exactly this many optimizer steps, over as many epochs as it takes
     grad_accum: int = 1  # micro-batches per optimizer step; each holds batch_size / grad_accum groups
     lr_schedule: str = "constant"  # "cosine": each group's lr decays to 0 over the run's planned steps
+    warmup_steps: int = 0  # the lr ramps linearly from 0 over these first steps
     progress: bool = True
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "val_every", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("patience", "checkpoint_every", "max_steps"):
+        for name in ("patience", "checkpoint_every", "max_steps", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -90,12 +99,16 @@ class TrainConfig:
             raise ValueError("weight_decay and grad_clip must be >= 0")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.max_steps and self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be fewer than max_steps ({self.max_steps})")
         if self.grad_accum > self.batch_size:
             raise ValueError(f"grad_accum ({self.grad_accum}) cannot exceed batch_size ({self.batch_size})")
 
 
 # settings that may change when a run is resumed
 RESUMABLE = ("epochs", "max_steps", "progress", "patience", "checkpoint_every")
+# settings added after checkpoints were first written, with the value that reproduces the runs made before
+ADDED_SETTINGS = {"warmup_steps": 0}
 
 
 def job_settings(cfg, **extra) -> dict:
@@ -178,6 +191,7 @@ def load_checkpoint(path: Path, model, optimizer, job: dict):
     if found is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {path.parent}")
     saved = json.loads((found / "state.json").read_text())
+    saved["job"] = {k: v for k, v in ADDED_SETTINGS.items() if k in job} | saved["job"]
     job = json.loads(json.dumps(job))  # tuples become lists, as in the saved copy
     if saved["job"] != job:
         diff = sorted(k for k in set(job) | set(saved["job"]) if job.get(k) != saved["job"].get(k))
@@ -239,7 +253,7 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
         running = []
         for groups in batches[state.step_in_epoch:]:
             for g, lr in zip(optimizer.param_groups, base_lrs):
-                g["lr"] = lr * lr_factor(cfg.lr_schedule, state.global_step, total)
+                g["lr"] = lr * lr_factor(cfg.lr_schedule, state.global_step, total, cfg.warmup_steps)
             if len(groups) >= world:  # a process with no groups could not join the gradient sync
                 running.append(_step(ddp_model, task, data, groups[rank::world], state.global_step, acc,
                                      optimizer, trainable, cfg))

@@ -45,8 +45,7 @@ TRAIN = dict(
     lr=typer.Option(5e-4, help="AdamW learning rate (LoRA)."),
     lr_schedule=typer.Option("constant", "--lr-schedule", help="constant, or cosine: decay both lrs to 0 over the "
                                                                  "planned steps."),
-    warmup_steps=typer.Option(0, "--warmup-steps", help="Ramp both lrs linearly from 0 over the first N steps "
-                                                        "(steadies a large --prompt-lr)."),
+    warmup_steps=typer.Option(0, "--warmup-steps", help="Ramp both lrs linearly from 0 over the first N steps."),
     prompt_lr=typer.Option(0.0, "--prompt-lr", help="Learning rate of the Hyper Prompt (0: --lr); prompt tuning "
                                                     "wants a larger one than LoRA."),
     beta=typer.Option(0.1, help="DPO temperature."),

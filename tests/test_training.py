@@ -122,6 +122,12 @@ def test_lr_factor_is_transformers_schedule_with_warmup(schedule, warmup):
     assert ours[0] == (0.0 if warmup else 1.0)
 
 
+def test_a_warmup_as_long_as_the_run_is_refused_before_training(tiny_fold, tiny_base, tmp_path):
+    with pytest.raises(ValueError, match=r"warmup_steps \(5\) must be fewer than the run's 5 steps"):
+        finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=1, warmup_steps=5, **FT))
+    assert not (tmp_path / "ft" / "checkpoint").exists()
+
+
 def test_nothing_is_overwritten_by_accident(tiny_fold, tiny_base, tmp_path):
     finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=1, **FT))
     with pytest.raises(FileExistsError, match="--resume"):

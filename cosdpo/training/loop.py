@@ -54,9 +54,9 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
     model, and at a constant lr they still jump with the w drawn at that
     step; decaying to 0 lets the run end in a settled state. Why warmup:
     Adam's first steps divide by a second moment estimated from a handful of
-    gradients, and a large prompt lr then throws the prefix far off (the loss
-    bursts of docs/llm.md); a linear ramp over ``warmup`` steps lets the
-    estimate settle. The ramp and decay are those of transformers'
+    gradients; a linear ramp over ``warmup`` steps lets the estimate settle
+    first (it did not remove the HH loss bursts: docs/llm.md). The ramp and
+    decay are those of transformers'
     ``get_{constant,cosine}_schedule_with_warmup``, so settings carry over
     from TRL. The factor depends on the step and the planned total only, so a
     resumed run needs no scheduler state (raising epochs or max_steps on
@@ -191,7 +191,7 @@ def load_checkpoint(path: Path, model, optimizer, job: dict):
     if found is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {path.parent}")
     saved = json.loads((found / "state.json").read_text())
-    saved["job"] = {k: v for k, v in ADDED_SETTINGS.items() if k in job} | saved["job"]
+    saved["job"] = ADDED_SETTINGS | saved["job"]
     job = json.loads(json.dumps(job))  # tuples become lists, as in the saved copy
     if saved["job"] != job:
         diff = sorted(k for k in set(job) | set(saved["job"]) if job.get(k) != saved["job"].get(k))
@@ -233,13 +233,16 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
     ddp_model, optimizer = acc.prepare(model, optimizer)
     world, rank = acc.num_processes, acc.process_index
     n_batches = len(data.epoch_batches(cfg.batch_size, cfg.seed, 0))
+    total = cfg.max_steps or cfg.epochs * n_batches
+    if cfg.warmup_steps >= total:  # with max_steps the config refused it; epochs * batches is known only here
+        raise ValueError(f"warmup_steps ({cfg.warmup_steps}) must be fewer than the run's {total} steps "
+                         f"({cfg.epochs} epochs of {n_batches} batches)")
 
     def checkpoint():
         if acc.is_main_process:
             save_checkpoint(ckpt_path, model, best_state, optimizer.optimizer, state, job)
         acc.wait_for_everyone()
 
-    total = cfg.max_steps or cfg.epochs * n_batches
     bar = tqdm(total=total, initial=state.global_step, desc=desc,
                disable=not (cfg.progress and acc.is_local_main_process), dynamic_ncols=True)
 

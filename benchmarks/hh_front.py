@@ -1,7 +1,8 @@
 """A short Weight-COS-DPO run of SmolLM2-135M-Instruct on the HH-RLHF sample, and its front.
 
     python benchmarks/hh_front.py --out runs/hh [--steps 160] [--batch-size 4] [--grid 5] [--max-length 160]
-                                  [--held-out 0.1] [--seed 0] [--checkpoint-every N] [--resume]
+                                  [--held-out 0.1] [--seed 0] [--alpha 0.3] [--prompt-mask linear|tanh]
+                                  [--checkpoint-every N] [--resume]
 
 The 160-token fronts in docs/llm.md (30% of the prompts held out, one
 pass): --steps 260 --pairs 0 --lr 5e-4 --prompt-lr 5e-3 --held-out 0.3
@@ -11,8 +12,9 @@ which doubles the pairs (--steps 542 is one pass).
 
 Helpful and harmless are the two objectives (../shared/data/hh-rlhf). The
 run fine-tunes LoRA + Hyper Prompt Tuning for --steps steps, then measures
-held-out preference accuracy and mean implicit-reward margin at each grid
-weight, and writes front.json / front.png (what ``cosdpo llm front`` writes).
+held-out preference accuracy, mean implicit-reward margin and log-prob shift
+per response token at each grid weight, and writes front.json / front.png
+(what ``cosdpo llm front`` writes).
 CPU sized: batch 4 (--batch-size), pairs of at most --max-length tokens (160 with
 --held-out 0.3 keeps 1072 helpful and 1093 harmless training pairs, 476
 and 465 held out; 493, 568, 201 and 238 with --no-truncate-prompt), one
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cosdpo.models.hpt import MASKS
 from cosdpo.models.llm import resolve_model
 from cosdpo.training.llm import LLMConfig, finetune_llm, load_split, write_front
 from cosdpo.training.loop import LR_SCHEDULES
@@ -173,6 +176,11 @@ if __name__ == "__main__":
     ap.add_argument("--held-out", type=float, default=0.1, help="fraction of prompts kept out of training for the front")
     ap.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES)
     ap.add_argument("--warmup", type=int, default=0, help="steps of linear lr warmup")
+    ap.add_argument("--alpha", type=float, default=LLMConfig.alpha,
+                    help="Dirichlet concentration of the w drawn per step (small: near the corners, a wider front)")
+    ap.add_argument("--penalty", type=float, default=LLMConfig.penalty, help="lambda of the cosine penalty")
+    ap.add_argument("--prompt-mask", default=LLMConfig.prompt_mask, choices=MASKS,
+                    help="the Hyper Prompt's mask: linear (M = A B) or tanh (bounded to (0, 2))")
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0 = at the end of each pass")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     ap.add_argument("--reference", metavar="FILE",
@@ -192,7 +200,7 @@ if __name__ == "__main__":
     cfg = LLMConfig(max_steps=a.steps, batch_size=a.batch_size, max_length=a.max_length, truncate_prompt=a.truncate_prompt,
                     max_pairs=a.pairs, val_pairs=a.val_pairs,
                     held_out=a.held_out, lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule,
-                    warmup_steps=a.warmup, checkpoint_every=a.checkpoint_every, val_every=10**6, seed=a.seed,
+                    warmup_steps=a.warmup, alpha=a.alpha, penalty=a.penalty, prompt_mask=a.prompt_mask, checkpoint_every=a.checkpoint_every, val_every=10**6, seed=a.seed,
                     method="fixed" if a.fixed_weights else "wcos",
                     fixed_weights=tuple(float(x) for x in a.fixed_weights.split(",")) if a.fixed_weights else None,
                     epochs=10**6)  # --steps sets the length; validating only at the end keeps the last step
@@ -205,9 +213,9 @@ if __name__ == "__main__":
                         max_pairs=a.front_pairs, keep_pairs=True, reference_file=a.reference)
     t2 = time.perf_counter()
     print(f"training {metrics['train_seconds']:.0f} s of {t1 - t0:.0f} s; front {t2 - t1:.0f} s")
-    for w, p, m in zip(front["weights"], front["points"], front["margins"]):
+    for w, p, m, d in zip(front["weights"], front["points"], front["margins"], front["logprob_shift"]):
         print(f"w={w[0]:.2f},{w[1]:.2f}  accuracy helpful {p[0]:.3f} harmless {p[1]:.3f}  "
-              f"margin {m[0]:+.4f} {m[1]:+.4f}")
+              f"margin {m[0]:+.4f} {m[1]:+.4f}  log-prob shift {d:+.3f} a token")
     print(f"hypervolume {front['hypervolume']:.4f}")
     for o, (n_own, n_other, sign_p, wilcoxon_p) in corner_test(front).items():
         print(f"{o} pairs, its corner against the other: right only at its corner {n_own}, only at the other "

@@ -53,6 +53,9 @@ TRAIN = dict(
     penalty=typer.Option(0.0, help="lambda of the cosine penalty."),
     lora_rank=typer.Option(8, "--lora-rank", help="LoRA rank (attention projections)."),
     prompt_tokens=typer.Option(8, "--prompt-tokens", help="Virtual tokens of the prompt."),
+    prompt_mask=typer.Option("linear", "--prompt-mask",
+                             help="The Hyper Prompt's mask: linear (M = A B, as specified) or tanh (kept within "
+                                  "(0, 2), so no w's prefix can grow far past a token embedding)."),
     max_pairs=typer.Option(0, "--max-pairs", help="Training pairs per objective (0: all)."),
     held_out=typer.Option(0.1, "--held-out", help="Fraction of prompts kept out of training for evaluation."),
     cache_reference=typer.Option(True, "--cache-reference/--no-cache-reference",
@@ -76,7 +79,8 @@ def llm_finetune(
     lr_schedule: str = TRAIN["lr_schedule"], warmup_steps: int = TRAIN["warmup_steps"],
     beta: float = TRAIN["beta"],
     alpha: float = TRAIN["alpha"], penalty: float = TRAIN["penalty"], lora_rank: int = TRAIN["lora_rank"],
-    prompt_tokens: int = TRAIN["prompt_tokens"], max_pairs: int = TRAIN["max_pairs"],
+    prompt_tokens: int = TRAIN["prompt_tokens"], prompt_mask: str = TRAIN["prompt_mask"],
+    max_pairs: int = TRAIN["max_pairs"],
     held_out: float = TRAIN["held_out"], cache_reference: bool = TRAIN["cache_reference"], seed: int = TRAIN["seed"],
     checkpoint_every: int = TRAIN["checkpoint_every"], progress: bool = TRAIN["progress"],
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
@@ -89,7 +93,7 @@ def llm_finetune(
     cfg = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr, beta,
                         alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed,
                         checkpoint_every, progress, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
-                        truncate_prompt=truncate_prompt,
+                        truncate_prompt=truncate_prompt, prompt_mask=prompt_mask,
                         method="fixed" if fixed else "wcos",
                         fixed_weights=tuple(fixed) if fixed else None)
     _, m = finetune_llm(data, out, cfg, fmt=fmt, resume=resume, overwrite=overwrite, log=typer.echo)
@@ -121,10 +125,12 @@ def llm_front(
                         reference_file=model / REFERENCE_FILE if cache_reference else None)
     names = front["objectives"]
     typer.echo("  w" + " " * 14 + "".join(f"{'acc ' + n[:10]:>16}" for n in names)
-               + "".join(f"{'margin ' + n[:8]:>17}" for n in names))
-    for w, p, m in zip(front["weights"], front["points"], front["margins"]):
+               + "".join(f"{'margin ' + n[:8]:>17}" for n in names) + f"{'logp shift':>13}")
+    for w, p, m, d in zip(front["weights"], front["points"], front["margins"], front["logprob_shift"]):
         typer.echo("  " + " ".join(f"{x:5.2f}" for x in w) + " " * (16 - 6 * len(w))
-                   + "".join(f"{x:16.3f}" for x in p) + "".join(f"{x:+17.4f}" for x in m))
+                   + "".join(f"{x:16.3f}" for x in p) + "".join(f"{x:+17.4f}" for x in m) + f"{d:+13.3f}")
+    typer.echo("logp shift: mean log-prob change per response token against the base; a few nats below 0 "
+               "means a broken language model that wins pairs by length")
     typer.echo(f"hypervolume {front['hypervolume']:.4f} over {front['pairs']} held-out pairs "
                f"(the base scores 0.5 on each)")
     typer.echo(f"wrote {out / 'front.json'} and {out / 'front.png'}")
@@ -177,7 +183,8 @@ def llm_compare(
     lr_schedule: str = TRAIN["lr_schedule"], warmup_steps: int = TRAIN["warmup_steps"],
     beta: float = TRAIN["beta"],
     alpha: float = TRAIN["alpha"], penalty: float = TRAIN["penalty"], lora_rank: int = TRAIN["lora_rank"],
-    prompt_tokens: int = TRAIN["prompt_tokens"], max_pairs: int = TRAIN["max_pairs"],
+    prompt_tokens: int = TRAIN["prompt_tokens"], prompt_mask: str = TRAIN["prompt_mask"],
+    max_pairs: int = TRAIN["max_pairs"],
     held_out: float = TRAIN["held_out"], cache_reference: bool = TRAIN["cache_reference"], seed: int = TRAIN["seed"],
     progress: bool = TRAIN["progress"],
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing comparison in --out."),
@@ -188,7 +195,8 @@ def llm_compare(
 
     train = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr,
                           beta, alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed, 0,
-                          progress, lr_schedule=lr_schedule, warmup_steps=warmup_steps, truncate_prompt=truncate_prompt)
+                          progress, lr_schedule=lr_schedule, warmup_steps=warmup_steps, truncate_prompt=truncate_prompt,
+                          prompt_mask=prompt_mask)
     result = compare_llm(data, out, LLMCompareConfig(train, _names(methods), grid, overwrite), fmt=fmt,
                          log=typer.echo)
     typer.echo(format_table(result))

@@ -8,7 +8,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from cosdpo.models.hpt import HPTModel  # noqa: E402
+from cosdpo.models.hpt import HPTConfig, HPTModel  # noqa: E402
 
 
 def tiny_lora(seed=0):
@@ -74,6 +74,27 @@ def test_mask_starts_at_one():
     torch.testing.assert_close(out, m.hpt.prefix.detach(), atol=0.02, rtol=0.05)
 
 
+def test_tanh_mask_starts_as_the_linear_one_and_stays_within_0_and_2():
+    linear = HPTModel.wrap(tiny_lora(), n_objectives=2, n_tokens=3, rank=2)
+    bounded = HPTModel.wrap(tiny_lora(), n_objectives=2, n_tokens=3, rank=2, mask="tanh")
+    bounded.hpt.load_state_dict(linear.hpt.state_dict())
+    w = torch.tensor([[1.0, 0.0], [0.3, 0.7]])
+    torch.testing.assert_close(bounded.hpt(w), linear.hpt(w), atol=1e-6, rtol=1e-6)  # M near 1: tanh is the identity
+    for h in (linear.hpt, bounded.hpt):
+        for p in (h.mlp_a[-1].weight, h.mlp_b[-1].weight):
+            torch.manual_seed(3)
+            torch.nn.init.normal_(p, std=2.0)  # as after a burst: A B far from 1
+    z = (w - bounded.hpt.w_center) * bounded.hpt.w_scale
+    ab = bounded.hpt.mlp_a(z).view(2, 3, 2) @ bounded.hpt.mlp_b(z).view(2, 2, 32)
+    assert ab.max() > 2 and ab.min() < 0  # the linear mask leaves (0, 2)
+    torch.testing.assert_close(linear.hpt(w), linear.hpt.prefix * ab)
+    torch.testing.assert_close(bounded.hpt(w), bounded.hpt.prefix * (1 + torch.tanh(ab - 1)))
+    ratio = bounded.hpt(w) / bounded.hpt.prefix
+    assert ratio.min() >= 0 and ratio.max() <= 2  # (0, 2), closed where float32 saturates
+    with pytest.raises(ValueError, match="mask"):
+        HPTConfig(2, 32, mask="sigmoid")
+
+
 def test_w_enters_the_mlps_standardised(hpt):
     """The MLPs see (w - 1/K) * scale with the Dir(alpha) std: raw w was too faint to condition on."""
     w = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
@@ -122,3 +143,18 @@ def test_save_and_load_round_trip(hpt, tmp_path):
     (tmp_path / "hpt_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="older cosdpo"):
         HPTModel.from_pretrained(tiny_lora().get_base_model(), tmp_path)
+
+
+def test_tanh_mask_is_saved_and_older_folders_load_as_linear(tmp_path):
+    m = HPTModel.wrap(tiny_lora(), n_objectives=2, n_tokens=3, rank=2, mask="tanh")
+    for p in (m.hpt.mlp_a[-1].weight, m.hpt.mlp_b[-1].weight):
+        torch.nn.init.normal_(p, std=2.0)
+    ids, mask = batch()
+    m.eval().save_pretrained(tmp_path)
+    loaded = HPTModel.from_pretrained(tiny_lora().get_base_model(), tmp_path).eval()
+    assert loaded.cfg.mask == "tanh"
+    torch.testing.assert_close(loaded(ids, mask, [0.3, 0.7]), m(ids, mask, [0.3, 0.7]))
+    cfg = json.loads((tmp_path / "hpt_config.json").read_text())
+    del cfg["mask"]  # as written before the mask had a choice
+    (tmp_path / "hpt_config.json").write_text(json.dumps(cfg))
+    assert HPTModel.from_pretrained(tiny_lora().get_base_model(), tmp_path).cfg.mask == "linear"

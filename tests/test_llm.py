@@ -186,6 +186,10 @@ def test_resume_continues_exactly(tiny_llm, tiny_pairs, tmp_path):
 
     finetune_llm(tiny_pairs, tmp_path / "full", cfg_for(tiny_llm, max_steps=6), log=quiet)
     finetune_llm(tiny_pairs, tmp_path / "cut", cfg_for(tiny_llm, max_steps=3), log=quiet)
+    state = tmp_path / "cut" / "checkpoint" / "state.json"  # as written before prompt_mask existed: linear
+    saved = json.loads(state.read_text())
+    del saved["job"]["prompt_mask"]
+    state.write_text(json.dumps(saved))
     finetune_llm(tiny_pairs, tmp_path / "cut", cfg_for(tiny_llm, max_steps=6), resume=True, log=quiet)
     # the last weights (the folders' policies are the best validated ones, and the cut run validated at step 3)
     full, cut = (load_file(str(tmp_path / d / "checkpoint" / "model.safetensors")) for d in ("full", "cut"))
@@ -241,6 +245,21 @@ def test_preference_points_by_hand(tiny_llm, tiny_pairs):
     assert "pair_margins" not in preference_front(data, [[1.0, 0.0]], lambda w: scores, 0.5)
 
 
+def test_logprob_shift_is_the_mean_change_per_response_token(tiny_llm, tiny_pairs):
+    _, tok = load_base(str(tiny_llm))
+    data, _, _ = load_split(tiny_pairs, tok, cfg_for(tiny_llm), None, "train")
+    rng = np.random.default_rng(1)
+    data.ref = rng.normal(-30, 5, size=len(data.sequences))
+    lengths = np.array([len(r) for _, r in data.sequences])
+    assert len(set(lengths)) > 1  # else a per-sequence and a per-token shift could not be told apart
+    broken = data.ref - 2.5 * lengths  # every response token 2.5 nats less likely
+    noisy = data.ref + rng.normal(size=len(data.sequences))
+    front = preference_front(data, [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]],
+                             lambda w: broken if w[0] == 1 else noisy if w[0] else data.ref.copy(), 0.5)
+    by_hand = sum((noisy[i] - data.ref[i]) / lengths[i] for i in range(len(lengths))) / len(lengths)
+    np.testing.assert_allclose(front["logprob_shift"], [-2.5, by_hand, 0.0], rtol=1e-12, atol=1e-12)
+
+
 def test_soup_mixes_lora_updates_not_factors(tiny_llm, tiny_pairs, tmp_path):
     from cosdpo.training.llm_compare import soup_policy
 
@@ -282,6 +301,8 @@ def test_config_fails_early():
         LLMConfig(held_out=1.0)
     with pytest.raises(ValueError, match="grad_accum"):
         LLMConfig(batch_size=2, grad_accum=4)
+    with pytest.raises(ValueError, match="prompt_mask"):
+        LLMConfig(prompt_mask="sigmoid")
 
 
 def test_compare_config_refuses_bad_methods_before_training(tiny_llm):

@@ -30,13 +30,15 @@ def test_help():
 
 def test_finetune_front_generate(tiny_llm, tiny_pairs, tmp_path):
     out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "p",
-               "--max-steps", "3", *TINY])
+               "--max-steps", "3", "--prompt-mask", "tanh", *TINY])
     assert "kept pairs: 40 cat, 40 short" in out and "3 steps" in out
+    assert json.loads((tmp_path / "p" / "hpt_config.json").read_text())["mask"] == "tanh"
     run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "p", *TINY], code=2)
     out = run(["llm", "front", "--model", tmp_path / "p", "--out", tmp_path / "f", "--grid", "3", "--no-progress"])
     front = json.loads((tmp_path / "f" / "front.json").read_text())
-    for key in ("objectives", "weights", "points", "margins", "hypervolume", "reference_point"):
+    for key in ("objectives", "weights", "points", "margins", "logprob_shift", "hypervolume", "reference_point"):
         assert key in front
+    assert "logp shift" in out
     assert front["objectives"] == ["short", "cat"] and len(front["points"]) == 3
     assert (tmp_path / "f" / "front.png").stat().st_size > 0 and "hypervolume" in out
     from safetensors import safe_open
@@ -86,6 +88,9 @@ def test_one_clear_line_for_bad_input(tiny_llm, tiny_pairs, tmp_path):
     out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "z",
                "--max-steps", "2", "--warmup-steps", "2", *TINY], code=2)
     assert "warmup_steps (2) must be fewer than max_steps (2)" in out
+    out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "m",
+               "--prompt-mask", "sigmoid", *TINY], code=2)
+    assert "prompt_mask must be one of ('linear', 'tanh')" in out and not (tmp_path / "m").exists()
 
 
 def test_dpo_ls_model_from_the_command_line(tiny_llm, tiny_pairs, tmp_path):

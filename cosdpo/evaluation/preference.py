@@ -60,22 +60,39 @@ def preference_points(data: PreferenceSet, scores: np.ndarray, beta: float):
     return acc, mean
 
 
+def logprob_shift(data: PreferenceSet, scores: np.ndarray) -> float:
+    """Mean change of log-prob per response token against the reference, over the distinct responses.
+
+    Why a front needs it: DPO sums log-probs over tokens, so lowering every
+    token's probability lowers long responses most, and wins every pair whose
+    chosen response is the shorter without learning anything else. A w whose
+    shift is far below 0 (a few nats a token) is such a broken language
+    model, however its accuracies read.
+    """
+    if data.ref is None:
+        raise ValueError("the reference log-probs are not computed yet (PreferenceSet.ref)")
+    lengths = np.array([len(response) for _, response in data.sequences], dtype=np.float64)
+    return float(np.mean((scores - data.ref) / lengths))
+
+
 def preference_front(data: PreferenceSet, grid, scores_at: Callable[[np.ndarray], np.ndarray], beta: float,
                      reference_point=None, progress: bool = False, keep_pairs: bool = False) -> dict:
     """Accuracy and mean margin per objective at each w of ``grid``.
 
-    ``keep_pairs`` also returns every record's margin at every w
+    ``logprob_shift`` holds each w's mean log-prob change per response token
+    (see ``logprob_shift``). ``keep_pairs`` also returns every record's margin at every w
     (``pair_margins``, with ``pair_objective``): held-out sets are small, and
     comparing two weights pair by pair (a sign test) separates an effect of w
     from the noise that the accuracies alone cannot.
     """
     grid = np.asarray(grid, dtype=np.float64)
-    points, mean_margins, pair_margins = [], [], []
+    points, mean_margins, shifts, pair_margins = [], [], [], []
     for w in tqdm(grid, desc="front", disable=not progress):
         scores = scores_at(w)
         acc, m = preference_points(data, scores, beta)
         points.append(acc)
         mean_margins.append(m)
+        shifts.append(logprob_shift(data, scores))
         if keep_pairs:
             pair_margins.append(margins(data, scores, beta).tolist())
     points = np.array(points)
@@ -86,6 +103,7 @@ def preference_front(data: PreferenceSet, grid, scores_at: Callable[[np.ndarray]
         "weights": grid.tolist(),
         "points": points.tolist(),
         "margins": np.array(mean_margins).tolist(),
+        "logprob_shift": shifts,
         "hypervolume": hypervolume(points, ref),
         "reference_point": ref.tolist(),
         "base_point": [0.5] * len(data.objectives),

@@ -29,6 +29,7 @@ from ..atomic import atomic_file, write_json
 from ..evaluation.metrics import dirichlet_standardiser
 
 HPT_WEIGHTS, HPT_CONFIG = "hpt.safetensors", "hpt_config.json"
+MASKS = ("linear", "tanh")
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
@@ -46,12 +47,15 @@ class HPTConfig:
     hidden: int = 64
     conditioned: bool = True  # False: plain prompt tuning, one prefix for every w (the baselines' prompt)
     alpha: float = 0.3  # the Dirichlet concentration of training's w: w enters the MLPs standardised under it
+    mask: str = "linear"  # "linear": M = A B (METHOD); "tanh": M = 1 + tanh(A B - 1), kept within (0, 2)
 
     def __post_init__(self):
         if min(self.n_objectives, self.width, self.n_tokens, self.rank, self.hidden) < 1:
             raise ValueError(f"every HPT size must be >= 1, got {asdict(self)}")
         if not self.alpha > 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if self.mask not in MASKS:
+            raise ValueError(f"mask must be one of {MASKS}, got {self.mask!r}")
 
 
 class HyperPrompt(nn.Module):
@@ -82,6 +86,12 @@ class HyperPrompt(nn.Module):
             return self.prefix.expand(B, n, d)
         w = (w - self.w_center) * self.w_scale
         mask = self.mlp_a(w).view(B, n, r) @ self.mlp_b(w).view(B, r, d)
+        if self.cfg.mask == "tanh":
+            # the same as M = A B near the start (M = 1, slope 1), but bounded: an unbounded M let
+            # the corners' prefixes grow to 8-15x a token embedding's norm, and at one corner drag
+            # every response's log-prob down by 6.8 nats a token, winning "shorter is better"
+            # pairs by length alone (docs/llm.md, "Corners sampled more often")
+            mask = 1 + torch.tanh(mask - 1)
         return self.prefix * mask
 
 
@@ -95,12 +105,12 @@ class HPTModel(nn.Module):
 
     @classmethod
     def wrap(cls, model, n_objectives: int, n_tokens: int = 8, rank: int = 4, hidden: int = 64, seed: int = 0,
-             conditioned: bool = True, alpha: float = 0.3):
+             conditioned: bool = True, alpha: float = 0.3, mask: str = "linear"):
         """Wrap ``model``; the prefix starts as the embeddings of ``n_tokens`` random vocabulary tokens."""
         emb = model.get_input_embeddings().weight
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, emb.shape[0], (n_tokens,), generator=g)
-        cfg = HPTConfig(n_objectives, emb.shape[1], n_tokens, rank, hidden, conditioned, alpha)
+        cfg = HPTConfig(n_objectives, emb.shape[1], n_tokens, rank, hidden, conditioned, alpha, mask)
         return cls(model, cfg, emb[ids].detach().float())
 
     def _inputs(self, input_ids, attention_mask, w):
@@ -155,6 +165,7 @@ class HPTModel(nn.Module):
         saved = json.loads((out_dir / HPT_CONFIG).read_text())
         if "alpha" not in saved:  # made before w was standardised: these weights expect raw w
             raise ValueError(f"{out_dir} holds a prompt from an older cosdpo that fed w raw; train it again")
+        saved.setdefault("mask", "linear")  # saved before the mask had a choice
         wrapped = cls(model, HPTConfig(**saved))
         wrapped.hpt.load_state_dict(load_file(str(out_dir / HPT_WEIGHTS)))
         return wrapped

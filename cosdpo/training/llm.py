@@ -34,7 +34,7 @@ from ..data.tokenize import PreferenceSet
 from ..evaluation.metrics import check_simplex, weight_grid
 from ..evaluation.preference import preference_front, sequence_scores
 from ..losses import dpo, sequence_logprobs, weight_cos
-from ..models.hpt import HPTModel
+from ..models.hpt import MASKS, HPTModel
 from ..evaluation.plot import plot_fronts
 from ..models.llm import (DEFAULT_MODEL, LORA_TARGETS, POLICY_FILE, add_lora, load_base, load_policy,
                           read_policy_info, save_policy)
@@ -62,6 +62,7 @@ class LLMConfig(TrainConfig):
     prompt_tokens: int = 8
     prompt_rank: int = 4
     prompt_hidden: int = 64
+    prompt_mask: str = "linear"  # "tanh" bounds the Hyper Prompt's mask to (0, 2): see HPTConfig.mask
     max_length: int = 512  # tokens of prompt + response
     truncate_prompt: bool = True  # a longer dialogue loses its earliest turns; False: the pair is left out (counted)
     max_pairs: int = 0  # training pairs per objective; 0 = all
@@ -88,6 +89,8 @@ class LLMConfig(TrainConfig):
         if self.fixed_weights is not None:
             k = len(self.objectives) or None
             self.fixed_weights = tuple(float(x) for x in check_simplex(self.fixed_weights, k))
+        if self.prompt_mask not in MASKS:
+            raise ValueError(f"prompt_mask must be one of {MASKS}, got {self.prompt_mask!r}")
         if self.prompt_lr < 0:
             raise ValueError(f"prompt_lr must be >= 0 (0 = lr), got {self.prompt_lr}")
         if not self.beta > 0 or not self.alpha > 0 or self.penalty < 0:
@@ -147,7 +150,7 @@ def load_split(data: str, tokenizer, cfg: LLMConfig, fmt: str | None = None, spl
 def build_policy(base, cfg: LLMConfig, n_objectives: int) -> HPTModel:
     lora = add_lora(base, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.seed)
     return HPTModel.wrap(lora, n_objectives, cfg.prompt_tokens, cfg.prompt_rank, cfg.prompt_hidden, cfg.seed,
-                         conditioned=cfg.method == "wcos", alpha=cfg.alpha)
+                         conditioned=cfg.method == "wcos", alpha=cfg.alpha, mask=cfg.prompt_mask)
 
 
 def _fingerprint(model_name: str, data: PreferenceSet) -> str:

@@ -108,7 +108,8 @@ class TrainConfig:
 # settings that may change when a run is resumed
 RESUMABLE = ("epochs", "max_steps", "progress", "patience", "checkpoint_every")
 # settings added after checkpoints were first written, with the value that reproduces the runs made before
-ADDED_SETTINGS = {"warmup_steps": 0}
+# (each applies to the jobs that have it: prompt_mask only to LLM jobs)
+ADDED_SETTINGS = {"warmup_steps": 0, "prompt_mask": "linear"}
 
 
 def job_settings(cfg, **extra) -> dict:
@@ -191,7 +192,7 @@ def load_checkpoint(path: Path, model, optimizer, job: dict):
     if found is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {path.parent}")
     saved = json.loads((found / "state.json").read_text())
-    saved["job"] = ADDED_SETTINGS | saved["job"]
+    saved["job"] = {k: v for k, v in ADDED_SETTINGS.items() if k in job} | saved["job"]
     job = json.loads(json.dumps(job))  # tuples become lists, as in the saved copy
     if saved["job"] != job:
         diff = sorted(k for k in set(job) | set(saved["job"]) if job.get(k) != saved["job"].get(k))

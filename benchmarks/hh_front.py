@@ -200,7 +200,8 @@ if __name__ == "__main__":
     cfg = LLMConfig(max_steps=a.steps, batch_size=a.batch_size, max_length=a.max_length, truncate_prompt=a.truncate_prompt,
                     max_pairs=a.pairs, val_pairs=a.val_pairs,
                     held_out=a.held_out, lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule,
-                    warmup_steps=a.warmup, alpha=a.alpha, penalty=a.penalty, prompt_mask=a.prompt_mask, checkpoint_every=a.checkpoint_every, val_every=10**6, seed=a.seed,
+                    warmup_steps=a.warmup, alpha=a.alpha, penalty=a.penalty, prompt_mask=a.prompt_mask,
+                    checkpoint_every=a.checkpoint_every, val_every=10**6, seed=a.seed,
                     method="fixed" if a.fixed_weights else "wcos",
                     fixed_weights=tuple(float(x) for x in a.fixed_weights.split(",")) if a.fixed_weights else None,
                     epochs=10**6)  # --steps sets the length; validating only at the end keeps the last step

@@ -14,7 +14,9 @@ Helpful and harmless are the two objectives (../shared/data/hh-rlhf). The
 run fine-tunes LoRA + Hyper Prompt Tuning for --steps steps, then measures
 held-out preference accuracy, mean implicit-reward margin and log-prob shift
 per response token at each grid weight, and writes front.json / front.png
-(what ``cosdpo llm front`` writes).
+(what ``cosdpo llm front`` writes), with each w's length-balanced accuracy
+added to front.json (the mean of the accuracies on pairs whose chosen answer
+is longer and on those where it is shorter: 0.5 for any rule on length).
 CPU sized: batch 4 (--batch-size), pairs of at most --max-length tokens (160 with
 --held-out 0.3 keeps 1072 helpful and 1093 harmless training pairs, 476
 and 465 held out; 493, 568, 201 and 238 with --no-truncate-prompt), one
@@ -24,7 +26,8 @@ pass over --pairs pairs per objective. A long CPU run checkpoints every
 instead (DPO with a plain prompt, the corner baseline): how far each
 objective is learnable alone, and how much it costs the other, at this
 size. ``--summarize runs/*/front.json`` prints the mean front over runs that
-differ only in --seed, and each run's slope of accuracy on its own weight.
+differ only in --seed, and each run's slope of accuracy on its own weight;
+with ``--plot FILE`` it also draws every run's front and the mean front.
 """
 
 import argparse
@@ -35,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cosdpo.atomic import write_json
+from cosdpo.evaluation.metrics import hypervolume
+from cosdpo.evaluation.plot import plot_fronts
 from cosdpo.models.hpt import MASKS
 from cosdpo.models.llm import resolve_model
 from cosdpo.training.llm import LLMConfig, finetune_llm, load_split, write_front
@@ -82,6 +88,22 @@ def length_split(front: dict, gap: np.ndarray) -> dict:
     return out
 
 
+def length_balanced(front: dict, gap: np.ndarray) -> np.ndarray:
+    """Per w and objective, the mean of the accuracies on chosen-longer and on chosen-shorter pairs.
+
+    Any rule on length alone ("shorter wins", "longer wins") scores 0.5 here
+    whatever the mix of pairs, so what rises above 0.5 was learned beyond
+    length; plain accuracy rewards a length rule by as much as the held-out
+    pairs lean one way.
+    """
+    m, obj = np.asarray(front["pair_margins"]), np.asarray(front["pair_objective"])
+    out = np.empty((len(m), len(front["objectives"])))
+    for k in range(out.shape[1]):
+        longer, shorter = (obj == k) & (gap > 0), (obj == k) & (gap < 0)
+        out[:, k] = 0.5 * ((m[:, longer] > 0).mean(1) + (m[:, shorter] > 0).mean(1))
+    return out
+
+
 def corner_test(front: dict) -> dict:
     """Per objective k, its corner against the other corner on the same held-out pairs.
 
@@ -126,7 +148,9 @@ def seed_summary(fronts: list[dict]) -> dict:
     return {"objectives": first["objectives"], "weights": w.tolist(), "runs": len(fronts),
             "mean": points.mean(0).tolist(), "std": points.std(0, ddof=1).tolist() if len(fronts) > 1 else None,
             "mean_margins": margins.mean(0).tolist(), "slopes": slopes(points).tolist(),
-            "margin_slopes": slopes(margins).tolist()}
+            "margin_slopes": slopes(margins).tolist(),
+            "mean_length_balanced": (np.mean([f["length_balanced"] for f in fronts], 0).tolist()
+                                     if all("length_balanced" in f for f in fronts) else None)}
 
 
 def read_front(path: str) -> dict:
@@ -141,11 +165,31 @@ def read_front(path: str) -> dict:
     return front
 
 
-def print_seed_summary(paths: list[str]) -> None:
+def mean_front(fronts: list[dict], labels: list[str]) -> dict[str, dict]:
+    """The runs' fronts and their mean front (name -> front dict), for ``plot_fronts``.
+
+    The mean's hypervolume is taken at the first run's reference point: a
+    mean front is only compared with fronts of the same runs.
+    """
+    s = seed_summary(fronts)
+    ref = fronts[0].get("reference_point")
+    mean = {"objectives": s["objectives"], "weights": s["weights"], "points": s["mean"],
+            "metric": fronts[0].get("metric", "accuracy"), "hypervolume": hypervolume(s["mean"], ref)}
+    runs = {label: {"hypervolume": hypervolume(f["points"], f.get("reference_point")), **f}
+            for label, f in zip(labels, fronts)}
+    return {**runs, f"mean of {len(fronts)}": mean}
+
+
+def print_seed_summary(paths: list[str], plot: str | None = None) -> None:
     try:
-        s = seed_summary([read_front(p) for p in paths])
+        fronts = [read_front(p) for p in paths]
+        s = seed_summary(fronts)
     except ValueError as e:
         raise SystemExit(f"{e} ({', '.join(paths)})")
+    if plot:
+        labels = [Path(p).parent.name or p for p in paths]
+        plot_fronts(mean_front(fronts, labels), plot, title=f"{len(paths)} runs and their mean front")
+        print(f"wrote {plot}")
     print(f"{s['runs']} runs; mean{' (std)' if s['std'] else ''} held-out accuracy and mean margin per objective "
           f"({', '.join(s['objectives'])})")
     std = s["std"] or [[None] * len(s["objectives"])] * len(s["weights"])
@@ -153,6 +197,10 @@ def print_seed_summary(paths: list[str]) -> None:
         cells = [f"{p[k]:.3f}" + (f" ({d[k]:.3f})" if d[k] is not None else "") + f" {m[k]:+.4f}"
                  for k in range(len(p))]
         print(f"w={','.join(f'{x:.2f}' for x in w)}  " + "  ".join(cells))
+    if s["mean_length_balanced"]:
+        print("mean length-balanced accuracy (a rule on length alone scores 0.5): " + "; ".join(
+            f"w={','.join(f'{x:.2f}' for x in w)} " + " ".join(f"{v:.3f}" for v in b)
+            for w, b in zip(s["weights"], s["mean_length_balanced"])))
     for name, key in (("accuracy", "slopes"), ("margin", "margin_slopes")):
         print(f"slope of each objective's {name} on its own weight, per run: " + "; ".join(
             f"{o} " + " ".join(f"{row[k]:+.3f}" for row in s[key]) for k, o in enumerate(s["objectives"])))
@@ -192,9 +240,12 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0, help="initialisation, batch order and sampled w (not the split)")
     ap.add_argument("--summarize", nargs="+", metavar="FRONT_JSON",
                     help="print the mean front and per-run slopes of these runs' front.json files, train nothing")
+    ap.add_argument("--plot", metavar="PNG", help="with --summarize: draw each run's front and the mean front here")
     a = ap.parse_args()
+    if a.plot and not a.summarize:
+        ap.error("--plot draws a --summarize; give the front.json files with --summarize")
     if a.summarize:
-        print_seed_summary(a.summarize)
+        print_seed_summary(a.summarize, a.plot)
         raise SystemExit
     data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
     cfg = LLMConfig(max_steps=a.steps, batch_size=a.batch_size, max_length=a.max_length, truncate_prompt=a.truncate_prompt,
@@ -226,6 +277,10 @@ if __name__ == "__main__":
         raise RuntimeError("the length analysis did not load the front's pairs in the front's order")
     print("longer response wins (held-out accuracy of length alone):",
           ", ".join(f"{o} {v:.3f}" for o, v in longer_wins(gap, objective, objectives).items()))
+    front["length_balanced"] = length_balanced(front, gap).tolist()
+    write_json(Path(a.out) / "front.json", front)  # for --summarize
+    for w, b in zip(front["weights"], front["length_balanced"]):
+        print(f"w={w[0]:.2f},{w[1]:.2f}  length-balanced accuracy helpful {b[0]:.3f} harmless {b[1]:.3f}")
     for o, r in length_split(front, gap).items():
         print(f"{o} pairs, chosen longer / shorter ({r['pairs'][0]} / {r['pairs'][1]}): accuracy at its corner "
               f"{r['own'][0]:.3f} / {r['own'][1]:.3f}, at the other corner {r['other'][0]:.3f} / {r['other'][1]:.3f}")

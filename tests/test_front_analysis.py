@@ -5,6 +5,7 @@ hand-made front whose answer is known by construction.
 """
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,19 @@ def test_length_split_tells_a_length_only_corner_from_one_that_learned_the_objec
     # Length alone: chosen longer on half of each objective's pairs.
     assert hh_front.longer_wins(gap, np.array(objective), ["helpful", "harmless"]) == {"helpful": 0.5,
                                                                                        "harmless": 0.5}
+
+
+def test_length_balanced_accuracy_gives_a_length_rule_one_half_however_the_pairs_lean():
+    # Harmless pairs: 6 chosen longer, 2 chosen shorter, so "longer wins" has plain accuracy 0.75.
+    gap = np.array([5, 3, 2, 1, 4, 6, -1, -2, 7, -7])
+    objective = [1] * 8 + [0] * 2
+    longer_wins = list(np.sign(gap) * 0.1)
+    learned = [0.1] * 10
+    half = [0.1] * 6 + [-0.1] + [0.1] + [0.1, -0.1]  # harmless: 1.0 on longer, 0.5 on shorter
+    front = _front([longer_wins, learned, half], objective)
+    got = hh_front.length_balanced(front, gap)
+    assert np.mean(np.array(longer_wins)[:8] > 0) == 0.75  # what plain accuracy would credit it with
+    np.testing.assert_allclose(got, [[0.5, 0.5], [1.0, 1.0], [0.5, 0.75]])
 
 
 def test_longer_wins_counts_ties_as_half():
@@ -87,6 +101,12 @@ def test_seed_summary_means_and_slopes_match_numpy_and_scipy():
     rising = {"objectives": ["a", "b"], "weights": weights, "points": [[0.5 + 0.1 * a, 0.5 + 0.1 * b] for a, b in weights],
               "margins": [[a, b] for a, b in weights]}
     assert np.all(np.array(hh_front.seed_summary([rising])["slopes"]) > 0)
+    # The length-balanced mean only when every run has it (runs made before it was written have not).
+    assert got["mean_length_balanced"] is None
+    balanced = [dict(f, length_balanced=rng.uniform(0.4, 0.7, (5, 2)).tolist()) for f in fronts]
+    np.testing.assert_allclose(hh_front.seed_summary(balanced)["mean_length_balanced"],
+                               np.mean([f["length_balanced"] for f in balanced], 0))
+    assert hh_front.seed_summary(balanced[:2] + fronts[2:])["mean_length_balanced"] is None
 
 
 def test_seed_summary_refuses_fronts_over_different_weights():
@@ -104,3 +124,21 @@ def test_summarize_names_a_file_that_is_not_a_front(tmp_path):
         hh_front.print_seed_summary([str(bad)])
     with pytest.raises(SystemExit, match="missing.json: cannot read"):
         hh_front.print_seed_summary([str(tmp_path / "missing.json")])
+
+
+def test_mean_front_averages_the_runs_and_its_hypervolume_is_the_staircase_area(tmp_path):
+    weights = [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
+    a = {"objectives": ["x", "y"], "weights": weights, "points": [[0.7, 0.4], [0.6, 0.5], [0.4, 0.6]],
+         "margins": [[0.0, 0.0]] * 3, "reference_point": [0.3, 0.3]}
+    b = dict(a, points=[[0.5, 0.4], [0.6, 0.7], [0.4, 0.4]])
+    got = hh_front.mean_front([a, b], ["s0", "s1"])
+    assert list(got) == ["s0", "s1", "mean of 2"]
+    mean = got["mean of 2"]
+    np.testing.assert_allclose(mean["points"], [[0.6, 0.4], [0.6, 0.6], [0.4, 0.5]])
+    # By hand above (0.3, 0.3): (0.6, 0.6) dominates the other two, so the area is 0.3 x 0.3.
+    assert mean["hypervolume"] == pytest.approx(0.09)
+    plot = tmp_path / "mean.png"
+    for p, f in (("a.json", a), ("b.json", b)):
+        (tmp_path / p).write_text(json.dumps(f))
+    hh_front.print_seed_summary([str(tmp_path / "a.json"), str(tmp_path / "b.json")], str(plot))
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

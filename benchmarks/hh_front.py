@@ -165,17 +165,17 @@ def read_front(path: str) -> dict:
     return front
 
 
-def mean_front(fronts: list[dict], labels: list[str]) -> dict[str, dict]:
+def mean_front(fronts: list[dict], labels: list[str], summary: dict) -> dict[str, dict]:
     """The runs' fronts and their mean front (name -> front dict), for ``plot_fronts``.
 
-    The mean's hypervolume is taken at the first run's reference point: a
-    mean front is only compared with fronts of the same runs.
+    ``summary`` is ``seed_summary(fronts)``. The mean's hypervolume is taken
+    at the first run's reference point: a mean front is only compared with
+    fronts of the same runs.
     """
-    s = seed_summary(fronts)
     ref = fronts[0].get("reference_point")
-    mean = {"objectives": s["objectives"], "weights": s["weights"], "points": s["mean"],
-            "metric": fronts[0].get("metric", "accuracy"), "hypervolume": hypervolume(s["mean"], ref)}
-    runs = {label: {"hypervolume": hypervolume(f["points"], f.get("reference_point")), **f}
+    mean = {"objectives": summary["objectives"], "weights": summary["weights"], "points": summary["mean"],
+            "metric": fronts[0].get("metric", "accuracy"), "hypervolume": hypervolume(summary["mean"], ref)}
+    runs = {label: f if "hypervolume" in f else {**f, "hypervolume": hypervolume(f["points"], f.get("reference_point"))}
             for label, f in zip(labels, fronts)}
     return {**runs, f"mean of {len(fronts)}": mean}
 
@@ -188,7 +188,7 @@ def print_seed_summary(paths: list[str], plot: str | None = None) -> None:
         raise SystemExit(f"{e} ({', '.join(paths)})")
     if plot:
         labels = [Path(p).parent.name or p for p in paths]
-        plot_fronts(mean_front(fronts, labels), plot, title=f"{len(paths)} runs and their mean front")
+        plot_fronts(mean_front(fronts, labels, s), plot, title=f"{len(paths)} runs and their mean front")
         print(f"wrote {plot}")
     print(f"{s['runs']} runs; mean{' (std)' if s['std'] else ''} held-out accuracy and mean margin per objective "
           f"({', '.join(s['objectives'])})")

@@ -131,12 +131,13 @@ def test_mean_front_averages_the_runs_and_its_hypervolume_is_the_staircase_area(
     a = {"objectives": ["x", "y"], "weights": weights, "points": [[0.7, 0.4], [0.6, 0.5], [0.4, 0.6]],
          "margins": [[0.0, 0.0]] * 3, "reference_point": [0.3, 0.3]}
     b = dict(a, points=[[0.5, 0.4], [0.6, 0.7], [0.4, 0.4]])
-    got = hh_front.mean_front([a, b], ["s0", "s1"])
+    got = hh_front.mean_front([a, b], ["s0", "s1"], hh_front.seed_summary([a, b]))
     assert list(got) == ["s0", "s1", "mean of 2"]
     mean = got["mean of 2"]
     np.testing.assert_allclose(mean["points"], [[0.6, 0.4], [0.6, 0.6], [0.4, 0.5]])
     # By hand above (0.3, 0.3): (0.6, 0.6) dominates the other two, so the area is 0.3 x 0.3.
     assert mean["hypervolume"] == pytest.approx(0.09)
+    assert got["s0"]["hypervolume"] == pytest.approx(0.4 * 0.1 + 0.3 * 0.1 + 0.1 * 0.1)  # staircase of a, by hand
     plot = tmp_path / "mean.png"
     for p, f in (("a.json", a), ("b.json", b)):
         (tmp_path / p).write_text(json.dumps(f))

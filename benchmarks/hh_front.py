@@ -4,7 +4,7 @@
                                   [--held-out 0.1] [--seed 0] [--alpha 0.3] [--prompt-mask linear|tanh]
                                   [--checkpoint-every N] [--resume]
 
-The 160-token fronts in docs/llm.md (30% of the prompts held out, one
+The 160-token fronts in docs/hh-rlhf.md (30% of the prompts held out, one
 pass): --steps 260 --pairs 0 --lr 5e-4 --prompt-lr 5e-3 --held-out 0.3
 --front-pairs 1000 --no-truncate-prompt, with several seeds and with two
 passes; without --no-truncate-prompt long dialogues keep their last turns,
@@ -128,7 +128,7 @@ def corner_test(front: dict) -> dict:
 def seed_summary(fronts: list[dict]) -> dict:
     """Mean and spread over fronts of runs that differ only in seed, and each run's trend.
 
-    One short run's front is noisy step by step (docs/llm.md: no seed was
+    One short run's front is noisy step by step (docs/hh-rlhf.md: no seed was
     monotone at every step), so whether raising w_k raises objective k is read
     from the mean over seeds and from each run's least-squares slope of its
     accuracy (and margin) on its own weight.
@@ -211,7 +211,7 @@ if __name__ == "__main__":
     ap.add_argument("--out", default="runs/hh")
     ap.add_argument("--steps", type=int, default=160)
     ap.add_argument("--grid", type=int, default=5)
-    ap.add_argument("--lr", type=float, default=5e-4, help="2e-3 diverged (docs/llm.md)")
+    ap.add_argument("--lr", type=float, default=5e-4, help="2e-3 diverged (docs/hh-rlhf.md)")
     ap.add_argument("--prompt-lr", type=float, default=0.0, help="lr of the Hyper Prompt; 0 = --lr")
     ap.add_argument("--batch-size", type=int, default=4, help="pairs per step (one w per step)")
     ap.add_argument("--pairs", type=int, default=320)
@@ -220,7 +220,7 @@ if __name__ == "__main__":
     ap.add_argument("--max-length", type=int, default=160)
     ap.add_argument("--no-truncate-prompt", dest="truncate_prompt", action="store_false",
                     help="leave out pairs over --max-length instead of cutting their prompt to its last turns "
-                         "(how the docs/llm.md fronts before 'Twice the pairs' were made)")
+                         "(how the docs/hh-rlhf.md fronts before 'Twice the pairs' were made)")
     ap.add_argument("--held-out", type=float, default=0.1, help="fraction of prompts kept out of training for the front")
     ap.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES)
     ap.add_argument("--warmup", type=int, default=0, help="steps of linear lr warmup")

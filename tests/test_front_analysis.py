@@ -1,6 +1,6 @@
 """The paired and length analyses that benchmarks/hh_front.py prints under the HH front.
 
-They decide how docs/llm.md reads the front, so each is checked on a
+They decide how docs/hh-rlhf.md reads the front, so each is checked on a
 hand-made front whose answer is known by construction.
 """
 

@@ -90,7 +90,7 @@ class HyperPrompt(nn.Module):
             # the same as M = A B near the start (M = 1, slope 1), but bounded: an unbounded M let
             # the corners' prefixes grow to 8-15x a token embedding's norm, and at one corner drag
             # every response's log-prob down by 6.8 nats a token, winning "shorter is better"
-            # pairs by length alone (docs/llm.md, "Corners sampled more often")
+            # pairs by length alone (docs/hh-rlhf.md, "Corners sampled more often")
             mask = 1 + torch.tanh(mask - 1)
         return self.prefix * mask
 

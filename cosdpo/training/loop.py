@@ -55,7 +55,7 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
     step; decaying to 0 lets the run end in a settled state. Why warmup:
     Adam's first steps divide by a second moment estimated from a handful of
     gradients; a linear ramp over ``warmup`` steps lets the estimate settle
-    first (it did not remove the HH loss bursts: docs/llm.md). The ramp and
+    first (it did not remove the HH loss bursts: docs/hh-rlhf.md). The ramp and
     decay are those of transformers'
     ``get_{constant,cosine}_schedule_with_warmup``, so settings carry over
     from TRL. The factor depends on the step and the planned total only, so a

@@ -43,7 +43,7 @@ from cosdpo.evaluation.metrics import hypervolume
 from cosdpo.evaluation.plot import plot_fronts
 from cosdpo.models.hpt import MASKS
 from cosdpo.models.llm import resolve_model
-from cosdpo.training.llm import LLMConfig, finetune_llm, load_split, write_front
+from cosdpo.training.llm import WEIGHT_SAMPLING, LLMConfig, finetune_llm, load_split, write_front
 from cosdpo.training.loop import LR_SCHEDULES
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf"
@@ -227,6 +227,8 @@ if __name__ == "__main__":
     ap.add_argument("--alpha", type=float, default=LLMConfig.alpha,
                     help="Dirichlet concentration of the w drawn per step (small: near the corners, a wider front)")
     ap.add_argument("--penalty", type=float, default=LLMConfig.penalty, help="lambda of the cosine penalty")
+    ap.add_argument("--weight-sampling", default=LLMConfig.weight_sampling, choices=WEIGHT_SAMPLING,
+                    help="step: one w per step (METHOD); pair: each pair its own w ~ Dir(alpha + e_objective)")
     ap.add_argument("--prompt-mask", default=LLMConfig.prompt_mask, choices=MASKS,
                     help="the Hyper Prompt's mask: linear (M = A B) or tanh (bounded to (0, 2))")
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0 = at the end of each pass")
@@ -252,6 +254,7 @@ if __name__ == "__main__":
                     max_pairs=a.pairs, val_pairs=a.val_pairs,
                     held_out=a.held_out, lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule,
                     warmup_steps=a.warmup, alpha=a.alpha, penalty=a.penalty, prompt_mask=a.prompt_mask,
+                    weight_sampling=a.weight_sampling,
                     checkpoint_every=a.checkpoint_every, val_every=10**6, seed=a.seed,
                     method="fixed" if a.fixed_weights else "wcos",
                     fixed_weights=tuple(float(x) for x in a.fixed_weights.split(",")) if a.fixed_weights else None,

@@ -50,6 +50,11 @@ TRAIN = dict(
                                                     "wants a larger one than LoRA."),
     beta=typer.Option(0.1, help="DPO temperature."),
     alpha=typer.Option(0.3, help="Dirichlet concentration of the w drawn per step."),
+    weight_sampling=typer.Option("step", "--weight-sampling",
+                                 help="step: one w per step (as specified); pair: each pair its own w from its "
+                                      "objective's size-biased Dirichlet, Dir(alpha + e_k) (same expected loss, "
+                                      "no pair left at a near-zero weight; needs --penalty 0; one-w models "
+                                      "ignore it)."),
     penalty=typer.Option(0.0, help="lambda of the cosine penalty."),
     lora_rank=typer.Option(8, "--lora-rank", help="LoRA rank (attention projections)."),
     prompt_tokens=typer.Option(8, "--prompt-tokens", help="Virtual tokens of the prompt."),
@@ -78,8 +83,9 @@ def llm_finetune(
     grad_accum: int = TRAIN["grad_accum"], lr: float = TRAIN["lr"], prompt_lr: float = TRAIN["prompt_lr"],
     lr_schedule: str = TRAIN["lr_schedule"], warmup_steps: int = TRAIN["warmup_steps"],
     beta: float = TRAIN["beta"],
-    alpha: float = TRAIN["alpha"], penalty: float = TRAIN["penalty"], lora_rank: int = TRAIN["lora_rank"],
-    prompt_tokens: int = TRAIN["prompt_tokens"], prompt_mask: str = TRAIN["prompt_mask"],
+    alpha: float = TRAIN["alpha"], weight_sampling: str = TRAIN["weight_sampling"], penalty: float = TRAIN["penalty"],
+    lora_rank: int = TRAIN["lora_rank"], prompt_tokens: int = TRAIN["prompt_tokens"],
+    prompt_mask: str = TRAIN["prompt_mask"],
     max_pairs: int = TRAIN["max_pairs"],
     held_out: float = TRAIN["held_out"], cache_reference: bool = TRAIN["cache_reference"], seed: int = TRAIN["seed"],
     checkpoint_every: int = TRAIN["checkpoint_every"], progress: bool = TRAIN["progress"],
@@ -93,7 +99,7 @@ def llm_finetune(
     cfg = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr, beta,
                         alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed,
                         checkpoint_every, progress, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
-                        truncate_prompt=truncate_prompt, prompt_mask=prompt_mask,
+                        truncate_prompt=truncate_prompt, prompt_mask=prompt_mask, weight_sampling=weight_sampling,
                         method="fixed" if fixed else "wcos",
                         fixed_weights=tuple(fixed) if fixed else None)
     _, m = finetune_llm(data, out, cfg, fmt=fmt, resume=resume, overwrite=overwrite, log=typer.echo)
@@ -182,8 +188,9 @@ def llm_compare(
     grad_accum: int = TRAIN["grad_accum"], lr: float = TRAIN["lr"], prompt_lr: float = TRAIN["prompt_lr"],
     lr_schedule: str = TRAIN["lr_schedule"], warmup_steps: int = TRAIN["warmup_steps"],
     beta: float = TRAIN["beta"],
-    alpha: float = TRAIN["alpha"], penalty: float = TRAIN["penalty"], lora_rank: int = TRAIN["lora_rank"],
-    prompt_tokens: int = TRAIN["prompt_tokens"], prompt_mask: str = TRAIN["prompt_mask"],
+    alpha: float = TRAIN["alpha"], weight_sampling: str = TRAIN["weight_sampling"], penalty: float = TRAIN["penalty"],
+    lora_rank: int = TRAIN["lora_rank"], prompt_tokens: int = TRAIN["prompt_tokens"],
+    prompt_mask: str = TRAIN["prompt_mask"],
     max_pairs: int = TRAIN["max_pairs"],
     held_out: float = TRAIN["held_out"], cache_reference: bool = TRAIN["cache_reference"], seed: int = TRAIN["seed"],
     progress: bool = TRAIN["progress"],
@@ -196,7 +203,7 @@ def llm_compare(
     train = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr,
                           beta, alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed, 0,
                           progress, lr_schedule=lr_schedule, warmup_steps=warmup_steps, truncate_prompt=truncate_prompt,
-                          prompt_mask=prompt_mask)
+                          prompt_mask=prompt_mask, weight_sampling=weight_sampling)
     result = compare_llm(data, out, LLMCompareConfig(train, _names(methods), grid, overwrite), fmt=fmt,
                          log=typer.echo)
     typer.echo(format_table(result))

@@ -111,14 +111,33 @@ def weight_cos(losses: torch.Tensor, w: torch.Tensor, penalty: float = 0.0) -> t
     return total
 
 
+def response_window(response_mask: torch.Tensor) -> int:
+    """How many last positions' logits ``sequence_logprobs`` needs: from the one before the batch's first
+    response token to the end.
+
+    Why: the LM head and its log-softmax over the vocabulary cost about a
+    third of a small model's training step, and only the response tokens'
+    log-probs are scored; prompts (long dialogues) need no logits.
+    """
+    rows = response_mask.any(dim=0).nonzero()
+    first = int(rows[0]) if len(rows) else response_mask.shape[1] - 1
+    return response_mask.shape[1] - max(first - 1, 0)
+
+
 def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """log pi(y | x) per sequence: the sum of the response tokens' log-probs.
 
-    ``logits`` (B, T, V) predict token t+1 at position t; ``response_mask``
-    (B, T) marks the response tokens. This is the LLM's score s(x, y) that
-    LiPO and DPO take.
+    ``logits`` (B, L, V) predict token t+1 at position t, for the last L
+    positions of the (B, T) tokens (L = T, or ``response_window``: the
+    positions before those hold no response token); ``response_mask`` (B, T)
+    marks the response tokens. This is the LLM's score s(x, y) that LiPO and
+    DPO take.
     """
+    offset = input_ids.shape[1] - logits.shape[1]
+    if offset < 0 or bool(response_mask[:, :offset + 1].any()):
+        raise ValueError(f"logits for the last {logits.shape[1]} of {input_ids.shape[1]} positions miss response "
+                         f"tokens (see response_window)")
     # at least float32: summing a few hundred bf16 log-probs loses the margin DPO looks at
     logp = torch.log_softmax(logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-    token = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    return torch.where(response_mask[:, 1:], token, torch.zeros_like(token)).sum(dim=-1)
+    token = logp.gather(-1, input_ids[:, offset + 1:, None]).squeeze(-1)
+    return torch.where(response_mask[:, offset + 1:], token, torch.zeros_like(token)).sum(dim=-1)

@@ -158,3 +158,15 @@ def test_tanh_mask_is_saved_and_older_folders_load_as_linear(tmp_path):
     del cfg["mask"]  # as written before the mask had a choice
     (tmp_path / "hpt_config.json").write_text(json.dumps(cfg))
     assert HPTModel.from_pretrained(tiny_lora().get_base_model(), tmp_path).cfg.mask == "linear"
+
+
+def test_kept_logits_are_the_last_positions_of_the_full_ones(hpt):
+    """keep = k: the model's own logits_to_keep gives exactly the last k token positions, under w and
+    for the reference (no prefix)."""
+    ids, mask = batch()
+    w = torch.tensor([0.3, 0.7])
+    full, ref = hpt(ids, mask, w), hpt.reference_logits(ids, mask)
+    torch.testing.assert_close(hpt(ids, mask, w, 2), full[:, -2:])
+    torch.testing.assert_close(hpt.reference_logits(ids, mask, 3), ref[:, -3:])
+    with pytest.raises(ValueError, match="keep must be within"):
+        hpt(ids, mask, w, 6)

@@ -58,6 +58,43 @@ def test_terms_are_dpo_per_objective_on_distinct_sequences(tiny_llm, tiny_pairs)
     assert torch.allclose(sums.double(), expect_sums, atol=1e-5)
 
 
+def test_pair_weight_sampling_scores_each_pair_at_its_own_w(tiny_llm, tiny_pairs):
+    """weight_sampling="pair": each pair is DPO at its own w ~ Dir(alpha + e_objective), found by a
+    forward of that pair alone; the step weights every objective by E[w_k] = 1/K."""
+    base, tok = load_base(str(tiny_llm))
+    cfg = cfg_for(tiny_llm, weight_sampling="pair", alpha=0.2)
+    data, objectives, _ = load_split(tiny_pairs, tok, cfg, None, "train")
+    policy = build_policy(base, cfg, len(objectives))
+    for name, p in policy.named_parameters():  # as if trained, and a prefix that depends on w
+        if "lora_B" in name or "mlp_" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    data.ref = sequence_scores(policy, data, reference=True)
+    task = PreferenceTask(cfg, data)
+    records = list(range(1, len(data), 2))
+    sums, counts = task.terms(policy, data.batch(records), step=3)
+    expect, ws, each = torch.zeros(2, dtype=torch.float64), [], []
+    for i in records:
+        k = int(data.objective[i])
+        conc = np.full(2, 0.2)
+        conc[k] += 1
+        w = torch.tensor(np.random.default_rng([cfg.seed, 3, i]).dirichlet(conc), dtype=torch.float32)
+        ws.append(w)
+        b = data.pad([data.chosen[i], data.rejected[i]])
+        lp = sequence_logprobs(policy(b["input_ids"], b["attention_mask"], w), b["input_ids"], b["response_mask"])
+        ref = torch.as_tensor(data.ref[[data.chosen[i], data.rejected[i]]])
+        each.append(float(dpo(lp[:1], lp[1:], ref[:1], ref[1:], cfg.beta).detach()))
+        expect[k] += each[-1]
+    assert torch.allclose(sums.double(), expect, atol=1e-5)
+    assert counts.tolist() == [int((data.objective[records] == k).sum()) for k in range(2)]
+    assert len({tuple(w.tolist()) for w in ws}) == len(records)  # not one w for the batch
+    # size-biased: a pair's own objective gets the larger weight on average
+    assert np.mean([float(w[int(data.objective[i])]) for w, i in zip(ws, records)]) > 0.6
+    assert task.weights(3).tolist() == [0.5, 0.5]
+    # the same draws whatever batch or process the record lands in
+    alone, _ = task.terms(policy, data.batch(records[:1]), step=3)
+    assert float(alone[int(data.objective[records[0]])]) == pytest.approx(each[0], abs=1e-5)
+
+
 def test_distinct_sequences_are_stored_once(tiny_llm, tmp_path):
     _, tok = load_base(str(tiny_llm))
     row = {"prompt": "hello", "response_0": "the cat sat", "response_1": "dog ran far", "better_response_id": 0,
@@ -186,9 +223,9 @@ def test_resume_continues_exactly(tiny_llm, tiny_pairs, tmp_path):
 
     finetune_llm(tiny_pairs, tmp_path / "full", cfg_for(tiny_llm, max_steps=6), log=quiet)
     finetune_llm(tiny_pairs, tmp_path / "cut", cfg_for(tiny_llm, max_steps=3), log=quiet)
-    state = tmp_path / "cut" / "checkpoint" / "state.json"  # as written before prompt_mask existed: linear
-    saved = json.loads(state.read_text())
-    del saved["job"]["prompt_mask"]
+    state = tmp_path / "cut" / "checkpoint" / "state.json"  # as written before prompt_mask (linear) and
+    saved = json.loads(state.read_text())                   # weight_sampling (step) existed
+    del saved["job"]["prompt_mask"], saved["job"]["weight_sampling"]
     state.write_text(json.dumps(saved))
     finetune_llm(tiny_pairs, tmp_path / "cut", cfg_for(tiny_llm, max_steps=6), resume=True, log=quiet)
     # the last weights (the folders' policies are the best validated ones, and the cut run validated at step 3)
@@ -303,6 +340,10 @@ def test_config_fails_early():
         LLMConfig(batch_size=2, grad_accum=4)
     with pytest.raises(ValueError, match="prompt_mask"):
         LLMConfig(prompt_mask="sigmoid")
+    with pytest.raises(ValueError, match="weight_sampling must be one of"):
+        LLMConfig(weight_sampling="batch")
+    with pytest.raises(ValueError, match="one w per step"):
+        LLMConfig(weight_sampling="pair", penalty=0.1)
 
 
 def test_compare_config_refuses_bad_methods_before_training(tiny_llm):

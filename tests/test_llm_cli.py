@@ -91,6 +91,9 @@ def test_one_clear_line_for_bad_input(tiny_llm, tiny_pairs, tmp_path):
     out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "m",
                "--prompt-mask", "sigmoid", *TINY], code=2)
     assert "prompt_mask must be one of ('linear', 'tanh')" in out and not (tmp_path / "m").exists()
+    out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "p",
+               "--weight-sampling", "pair", "--penalty", "0.1", *TINY], code=2)
+    assert "weight_sampling 'pair' needs penalty 0" in out and not (tmp_path / "p").exists()
 
 
 def test_dpo_ls_model_from_the_command_line(tiny_llm, tiny_pairs, tmp_path):
@@ -98,6 +101,9 @@ def test_dpo_ls_model_from_the_command_line(tiny_llm, tiny_pairs, tmp_path):
          "--weights", "0.5,0.5", "--max-steps", "2", "--warmup-steps", "1", *TINY])
     info = json.loads((tmp_path / "ls" / "policy.json").read_text())
     assert info["config"]["warmup_steps"] == 1
+    run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "pair",
+         "--weight-sampling", "pair", "--max-steps", "1", *TINY])
+    assert json.loads((tmp_path / "pair" / "policy.json").read_text())["config"]["weight_sampling"] == "pair"
     assert info["method"] == "fixed" and info["fixed_weights"] == [0.5, 0.5]
 
 

@@ -5,7 +5,7 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from cosdpo.data.tokenize import encode_pair, pad_sequences, prompt_ids  # noqa: E402
-from cosdpo.losses import dpo, lipo, sequence_logprobs  # noqa: E402
+from cosdpo.losses import dpo, lipo, response_window, sequence_logprobs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,24 @@ def test_sequence_logprobs_against_a_loop_and_padding():
                                torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1),
                                torch.cat([resp, torch.zeros(2, 3, dtype=torch.bool)], 1))
     torch.testing.assert_close(padded, got)
+
+
+def test_logits_of_the_response_window_only_give_the_same_logprobs():
+    """The last response_window positions' logits score what all positions' do; fewer cannot."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 9, 11, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, 11, (3, 9), generator=g)
+    resp = torch.zeros(3, 9, dtype=torch.bool)
+    resp[0, 5:8], resp[1, 4:9], resp[2, 6:7] = True, True, True  # right padding after row 0's and row 2's
+    keep = response_window(resp)
+    assert keep == 9 - 3  # positions 3..8: position 3 predicts the first response token (4)
+    torch.testing.assert_close(sequence_logprobs(logits[:, -keep:], ids, resp), sequence_logprobs(logits, ids, resp))
+    with pytest.raises(ValueError, match="miss response tokens"):
+        sequence_logprobs(logits[:, -(keep - 1):], ids, resp)
+    assert response_window(torch.zeros(2, 5, dtype=torch.bool)) == 2  # nothing to score: the smallest window
+    first = torch.zeros(1, 4, dtype=torch.bool)
+    first[0, 0] = True  # a "response" at position 0 has no logit before it: every position kept
+    assert response_window(first) == 4
 
 
 def test_lipo_on_sequence_scores_is_dpo():

@@ -174,6 +174,7 @@ class PreferenceSet:
             "chosen": torch.as_tensor(inverse[:n], device=device),
             "rejected": torch.as_tensor(inverse[n:], device=device),
             "objective": torch.as_tensor(self.objective[records], device=device),
+            "records": torch.as_tensor(records, device=device),
         }
         if self.ref is not None:
             out["ref"] = torch.as_tensor(self.ref[seq_ids], device=device)

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.tokenize import PreferenceSet
-from ..losses import sequence_logprobs
+from ..losses import response_window, sequence_logprobs
 from .metrics import hypervolume
 
 
@@ -33,8 +33,9 @@ def sequence_scores(policy, data: PreferenceSet, w=None, *, reference: bool = Fa
     out = np.zeros(len(data.sequences), dtype=np.float64)
     for ids in tqdm(data.sequence_batches(max_tokens), desc=desc, disable=not progress, leave=False):
         b = data.pad(ids, device)
-        logits = (policy.reference_logits(b["input_ids"], b["attention_mask"]) if reference
-                  else policy(b["input_ids"], b["attention_mask"], w))
+        keep = response_window(b["response_mask"])
+        logits = (policy.reference_logits(b["input_ids"], b["attention_mask"], keep) if reference
+                  else policy(b["input_ids"], b["attention_mask"], w, keep))
         out[ids] = sequence_logprobs(logits, b["input_ids"], b["response_mask"]).double().cpu().numpy()
     return out
 

@@ -124,17 +124,21 @@ class HPTModel(nn.Module):
                           device=attention_mask.device)
         return torch.cat([prefix, embeds], dim=1), torch.cat([ones, attention_mask], dim=1)
 
-    def forward(self, input_ids, attention_mask, w):
-        """Logits (B, T, V) for the tokens, under trade-off ``w``."""
+    def forward(self, input_ids, attention_mask, w, keep: int = 0):
+        """Logits (B, T, V) for the tokens, under trade-off ``w``; ``keep`` > 0: for the last ``keep``
+        positions only (the model's own ``logits_to_keep``; see ``losses.response_window``)."""
         embeds, mask = self._inputs(input_ids, attention_mask, w)
-        return self.model(inputs_embeds=embeds, attention_mask=mask,
-                          position_ids=positions(mask)).logits[:, self.cfg.n_tokens:]
+        if not 0 <= keep <= input_ids.shape[1]:
+            raise ValueError(f"keep must be within 0..{input_ids.shape[1]}, got {keep}")
+        logits = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask),
+                            logits_to_keep=keep).logits
+        return logits if keep else logits[:, self.cfg.n_tokens:]
 
-    def reference_logits(self, input_ids, attention_mask):
-        """The base model's logits: adapters off, no prefix."""
+    def reference_logits(self, input_ids, attention_mask, keep: int = 0):
+        """The base model's logits: adapters off, no prefix (``keep`` as in ``forward``)."""
         off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
         with torch.no_grad(), off:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, w, **kwargs):

@@ -33,7 +33,7 @@ from ..data.preferences import load_many, split_pairs
 from ..data.tokenize import PreferenceSet
 from ..evaluation.metrics import check_simplex, weight_grid
 from ..evaluation.preference import preference_front, sequence_scores
-from ..losses import dpo, sequence_logprobs, weight_cos
+from ..losses import dpo, response_window, sequence_logprobs, weight_cos
 from ..models.hpt import MASKS, HPTModel
 from ..evaluation.plot import plot_fronts
 from ..models.llm import (DEFAULT_MODEL, LORA_TARGETS, POLICY_FILE, add_lora, load_base, load_policy,
@@ -42,6 +42,7 @@ from ..models.ranker import count_trainable
 from .loop import TrainConfig, draw_weights, job_settings, make_accelerator, prepare_out, train
 
 LLM_METHODS = ("wcos", "fixed")
+WEIGHT_SAMPLING = ("step", "pair")
 REFERENCE_FILE = "reference_logprobs.safetensors"
 
 
@@ -55,6 +56,7 @@ class LLMConfig(TrainConfig):
     fixed_weights: tuple[float, ...] | None = None
     beta: float = 0.1  # DPO temperature
     alpha: float = 0.3  # Dirichlet concentration of the w draws
+    weight_sampling: str = "step"  # "step": one w per step (METHOD); "pair": each its own (pair_weights); wcos only
     penalty: float = 0.0  # lambda of the cosine penalty
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -91,6 +93,11 @@ class LLMConfig(TrainConfig):
             self.fixed_weights = tuple(float(x) for x in check_simplex(self.fixed_weights, k))
         if self.prompt_mask not in MASKS:
             raise ValueError(f"prompt_mask must be one of {MASKS}, got {self.prompt_mask!r}")
+        if self.weight_sampling not in WEIGHT_SAMPLING:
+            raise ValueError(f"weight_sampling must be one of {WEIGHT_SAMPLING}, got {self.weight_sampling!r}")
+        if self.weight_sampling == "pair" and self.method == "wcos" and self.penalty:
+            raise ValueError("weight_sampling 'pair' needs penalty 0: the cosine penalty compares the loss vector "
+                             "with one w, so it needs one w per step")
         if self.prompt_lr < 0:
             raise ValueError(f"prompt_lr must be >= 0 (0 = lr), got {self.prompt_lr}")
         if not self.beta > 0 or not self.alpha > 0 or self.penalty < 0:
@@ -191,6 +198,27 @@ def reference_logprobs(policy, sets: dict[str, PreferenceSet], cfg: LLMConfig, p
             f.write(safetensors_bytes(tensors, metadata=kept_prints | prints))
 
 
+def pair_weights(seed: int, step: int, alpha: float, k: int, records, objectives) -> torch.Tensor:
+    """One w per pair, drawn from Dir(alpha + e_j) for a pair judged on objective j (``weight_sampling="pair"``).
+
+    Why: with one w per step, a mixed batch weights each pair by w_j, and at
+    a small alpha most w lie near a corner, so about half of every batch
+    carries almost no gradient. Since w_j Dir(w; alpha) is proportional to
+    Dir(w; alpha + e_j), E_w[sum_j w_j L_j(w)] = sum_j E[w_j] E_{w ~ Dir(alpha +
+    e_j)}[L_j(w)]: drawing each pair's w from its objective's size-biased
+    Dirichlet and weighting every objective by E[w_j] = 1/K is the same
+    objective with every pair at full weight, and puts prefixes of several
+    w in every batch. Each draw depends on (seed, step, record) only, so
+    processes, micro-batches and resumed runs agree.
+    """
+    out = np.empty((len(records), k))
+    for i, (rec, obj) in enumerate(zip(records, objectives)):
+        conc = np.full(k, alpha)
+        conc[obj] += 1.0
+        out[i] = np.random.default_rng([seed, step, rec]).dirichlet(conc)
+    return torch.tensor(out, dtype=torch.float32)
+
+
 class PreferenceTask:
     """sum_k w_k DPO_k - lambda cos(w, L) on a batch of pairs of mixed objectives."""
 
@@ -210,17 +238,30 @@ class PreferenceTask:
     def weights(self, step: int) -> torch.Tensor:
         if self.cfg.fixed_weights is not None:
             return torch.tensor(self.cfg.fixed_weights, dtype=torch.float32)
+        if self.cfg.weight_sampling == "pair":  # wcos: the expected weights E[w] = 1/K; each pair has drawn its own w
+            return torch.full((self.K,), 1.0 / self.K)
         return draw_weights(self.cfg.seed, step, self.cfg.alpha, self.K)
 
     def terms(self, model, batch, step):
         ids, attn, resp = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
-        w = self.weights(step).to(ids.device)
-        logp = sequence_logprobs(model(ids, attn, w), ids, resp)
-        if "ref" in batch:
-            ref = batch["ref"].to(logp.dtype)
-        else:  # no cache: the reference forward runs every step, as in TRL
-            ref = sequence_logprobs(getattr(model, "module", model).reference_logits(ids, attn), ids, resp)
         c, r = batch["chosen"], batch["rejected"]
+        ref = batch.get("ref")
+        if self.cfg.weight_sampling == "pair" and self.cfg.fixed_weights is None:
+            # every pair its own w, so a sequence shared by two pairs is scored once per pair
+            w = pair_weights(self.cfg.seed, step, self.cfg.alpha, self.K, batch["records"].tolist(),
+                             batch["objective"].tolist()).to(ids.device)
+            pick = torch.cat([c, r])
+            ids, attn, resp, w = ids[pick], attn[pick], resp[pick], torch.cat([w, w])
+            ref = None if ref is None else ref[pick]
+            c, r = torch.arange(len(c), device=ids.device), torch.arange(len(c), 2 * len(c), device=ids.device)
+        else:
+            w = self.weights(step).to(ids.device)
+        keep = response_window(resp)
+        logp = sequence_logprobs(model(ids, attn, w, keep), ids, resp)
+        if ref is not None:
+            ref = ref.to(logp.dtype)
+        else:  # no cache: the reference forward runs every step, as in TRL
+            ref = sequence_logprobs(getattr(model, "module", model).reference_logits(ids, attn, keep), ids, resp)
         per_pair, _ = dpo(logp[c], logp[r], ref[c], ref[r], self.cfg.beta, reduction="none")
         sums = torch.zeros(self.K, dtype=per_pair.dtype, device=ids.device).index_add(0, batch["objective"],
                                                                                       per_pair)

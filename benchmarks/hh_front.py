@@ -125,6 +125,45 @@ def corner_test(front: dict) -> dict:
     return out
 
 
+def order_breaks(front: dict) -> dict[str, list[tuple]]:
+    """Per objective k, the grid steps where raising w_k lowers k's held-out accuracy.
+
+    What issue 5 asks of the front, step by step: each break is (w_k before,
+    w_k after, accuracy change) and, where front.json keeps every pair's
+    margin, the pairs that step turns wrong and right and their sign-test p,
+    so a break of a pair or two reads as the noise it is. Ties are not breaks.
+    """
+    from scipy import stats
+
+    w, points = np.asarray(front["weights"], dtype=float), np.asarray(front["points"], dtype=float)
+    m = np.asarray(front["pair_margins"]) if "pair_margins" in front else None
+    out = {}
+    for k, o in enumerate(front["objectives"]):
+        order = np.argsort(w[:, k], kind="stable")
+        own = np.asarray(front.get("pair_objective", [])) == k
+        breaks = []
+        for i, j in zip(order[:-1], order[1:]):
+            drop = points[j, k] - points[i, k]
+            if w[j, k] > w[i, k] and drop < 0:
+                b = (float(w[i, k]), float(w[j, k]), float(drop))
+                if m is not None:
+                    lost = int(((m[i][own] > 0) & (m[j][own] <= 0)).sum())
+                    won = int(((m[j][own] > 0) & (m[i][own] <= 0)).sum())
+                    b += (lost, won, stats.binomtest(lost, lost + won).pvalue)
+                breaks.append(b)
+        out[o] = breaks
+    return out
+
+
+def print_order_breaks(front: dict, label: str = "") -> None:
+    for o, breaks in order_breaks(front).items():
+        if not breaks:
+            print(f"{label}{o}: accuracy never falls as its weight rises")
+        for b in breaks:
+            pairs = f" ({b[3]} pairs turn wrong, {b[4]} right: sign test p = {b[5]:.2g})" if len(b) > 3 else ""
+            print(f"{label}{o}: raising its weight from {b[0]:.2f} to {b[1]:.2f} lowers accuracy by {-b[2]:.3f}{pairs}")
+
+
 def seed_summary(fronts: list[dict]) -> dict:
     """Mean and spread over fronts of runs that differ only in seed, and each run's trend.
 
@@ -201,6 +240,8 @@ def print_seed_summary(paths: list[str], plot: str | None = None) -> None:
         print("mean length-balanced accuracy (a rule on length alone scores 0.5): " + "; ".join(
             f"w={','.join(f'{x:.2f}' for x in w)} " + " ".join(f"{v:.3f}" for v in b)
             for w, b in zip(s["weights"], s["mean_length_balanced"])))
+    for path, front in zip(paths, fronts):
+        print_order_breaks(front, f"{Path(path).parent.name or path}: ")
     for name, key in (("accuracy", "slopes"), ("margin", "margin_slopes")):
         print(f"slope of each objective's {name} on its own weight, per run: " + "; ".join(
             f"{o} " + " ".join(f"{row[k]:+.3f}" for row in s[key]) for k, o in enumerate(s["objectives"])))
@@ -272,6 +313,7 @@ if __name__ == "__main__":
         print(f"w={w[0]:.2f},{w[1]:.2f}  accuracy helpful {p[0]:.3f} harmless {p[1]:.3f}  "
               f"margin {m[0]:+.4f} {m[1]:+.4f}  log-prob shift {d:+.3f} a token")
     print(f"hypervolume {front['hypervolume']:.4f}")
+    print_order_breaks(front)
     for o, (n_own, n_other, sign_p, wilcoxon_p) in corner_test(front).items():
         print(f"{o} pairs, its corner against the other: right only at its corner {n_own}, only at the other "
               f"{n_other} (sign test p = {sign_p:.2g}); margins Wilcoxon p = {wilcoxon_p:.2g}")

@@ -143,3 +143,24 @@ def test_mean_front_averages_the_runs_and_its_hypervolume_is_the_staircase_area(
         (tmp_path / p).write_text(json.dumps(f))
     hh_front.print_seed_summary([str(tmp_path / "a.json"), str(tmp_path / "b.json")], str(plot))
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_order_breaks_finds_each_step_against_the_weight_and_counts_its_pairs():
+    weights = [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
+    # Helpful (pairs 0-3) falls as its weight falls: no break. Harmless (pairs 4-7): right on 2 at
+    # (1, 0), on 3 at (0.5, 0.5), on 2 at (0, 1): raising its weight from 0.5 to 1 loses pair 6.
+    margins = [[1, 1, 1, 1, 1, 1, -1, -1],
+               [1, 1, 1, -1, 1, 1, 1, -1],
+               [1, -1, -1, -1, 1, 1, -1, -1]]
+    front = {"objectives": ["helpful", "harmless"], "weights": weights, "pair_margins": margins,
+             "pair_objective": [0] * 4 + [1] * 4,
+             "points": [[1.0, 0.5], [0.75, 0.75], [0.25, 0.5]]}
+    got = hh_front.order_breaks(front)
+    assert got["helpful"] == []
+    ((lo, hi, drop, lost, won, p),) = got["harmless"]
+    assert (lo, hi, lost, won) == (0.5, 1.0, 1, 0) and drop == pytest.approx(-0.25)
+    assert p == pytest.approx(stats.binomtest(1, 1).pvalue)
+    # Without per-pair margins only the steps are reported; a tie is not a break.
+    tied = {k: v for k, v in front.items() if k not in ("pair_margins", "pair_objective")}
+    tied["points"] = [[1.0, 0.5], [0.75, 0.5], [0.75, 0.25]]
+    assert hh_front.order_breaks(tied) == {"helpful": [], "harmless": [(0.5, 1.0, -0.25)]}

@@ -13,7 +13,8 @@ which doubles the pairs (--steps 542 is one pass).
 Helpful and harmless are the two objectives (../shared/data/hh-rlhf). The
 run fine-tunes LoRA + Hyper Prompt Tuning for --steps steps, then measures
 held-out preference accuracy, mean implicit-reward margin and log-prob shift
-per response token at each grid weight, and writes front.json / front.png
+per response token at each grid weight, prints every grid step where raising
+an objective's weight lowers its accuracy (``order_breaks``), and writes front.json / front.png
 (what ``cosdpo llm front`` writes), with each w's length-balanced accuracy
 added to front.json (the mean of the accuracies on pairs whose chosen answer
 is longer and on those where it is shorter: 0.5 for any rule on length).
@@ -104,6 +105,15 @@ def length_balanced(front: dict, gap: np.ndarray) -> np.ndarray:
     return out
 
 
+def discordant(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
+    """Pairs right (margin > 0) under ``a`` only, under ``b`` only, and the sign-test p on those two counts
+    (1 when no pair differs): two points of a front compared on the same held-out pairs."""
+    from scipy import stats
+
+    n_a, n_b = int(((a > 0) & (b <= 0)).sum()), int(((b > 0) & (a <= 0)).sum())
+    return n_a, n_b, stats.binomtest(n_a, n_a + n_b).pvalue if n_a + n_b else 1.0
+
+
 def corner_test(front: dict) -> dict:
     """Per objective k, its corner against the other corner on the same held-out pairs.
 
@@ -117,8 +127,7 @@ def corner_test(front: dict) -> dict:
     out = {}
     for k, o in enumerate(front["objectives"]):
         own, other = m[np.argmax(w[:, k])][obj == k], m[np.argmin(w[:, k])][obj == k]
-        n_own, n_other = int(((own > 0) & (other <= 0)).sum()), int(((other > 0) & (own <= 0)).sum())
-        sign_p = stats.binomtest(n_own, n_own + n_other).pvalue if n_own + n_other else 1.0
+        n_own, n_other, sign_p = discordant(own, other)
         # a model that ignores w (--fixed-weights) has equal corners: nothing to test, p = 1
         wilcoxon_p = stats.wilcoxon(own, other).pvalue if np.any(own != other) else 1.0
         out[o] = (n_own, n_other, sign_p, wilcoxon_p)
@@ -133,8 +142,6 @@ def order_breaks(front: dict) -> dict[str, list[tuple]]:
     margin, the pairs that step turns wrong and right and their sign-test p,
     so a break of a pair or two reads as the noise it is. Ties are not breaks.
     """
-    from scipy import stats
-
     w, points = np.asarray(front["weights"], dtype=float), np.asarray(front["points"], dtype=float)
     m = np.asarray(front["pair_margins"]) if "pair_margins" in front else None
     out = {}
@@ -147,9 +154,7 @@ def order_breaks(front: dict) -> dict[str, list[tuple]]:
             if w[j, k] > w[i, k] and drop < 0:
                 b = (float(w[i, k]), float(w[j, k]), float(drop))
                 if m is not None:
-                    lost = int(((m[i][own] > 0) & (m[j][own] <= 0)).sum())
-                    won = int(((m[j][own] > 0) & (m[i][own] <= 0)).sum())
-                    b += (lost, won, stats.binomtest(lost, lost + won).pvalue)
+                    b += discordant(m[i][own], m[j][own])  # (turned wrong, turned right, p)
                 breaks.append(b)
         out[o] = breaks
     return out

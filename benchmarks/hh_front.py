@@ -42,7 +42,7 @@ import numpy as np
 from cosdpo.atomic import write_json
 from cosdpo.evaluation.metrics import hypervolume
 from cosdpo.evaluation.plot import plot_fronts
-from cosdpo.models.hpt import MASKS
+from cosdpo.models.hpt import ATTENTIONS, MASKS, PRECISIONS
 from cosdpo.models.llm import resolve_model
 from cosdpo.training.llm import WEIGHT_SAMPLING, LLMConfig, finetune_llm, load_split, write_front
 from cosdpo.training.loop import LR_SCHEDULES
@@ -277,6 +277,17 @@ if __name__ == "__main__":
                     help="step: one w per step (METHOD); pair: each pair its own w ~ Dir(alpha + e_objective)")
     ap.add_argument("--prompt-mask", default=LLMConfig.prompt_mask, choices=MASKS,
                     help="the Hyper Prompt's mask: linear (M = A B) or tanh (bounded to (0, 2))")
+    ap.add_argument("--lora-rank", type=int, default=LLMConfig.lora_rank,
+                    help="0: no LoRA, the Hyper Prompt alone trains (every update then depends on w)")
+    ap.add_argument("--lora-mix", action="store_true",
+                    help="condition the LoRA on w too: one rank-r update per objective, mixed by w (ours)")
+    ap.add_argument("--precision", default=LLMConfig.precision, choices=tuple(PRECISIONS),
+                    help="bf16: every forward under bf16 autocast (about half the step time on an AMX CPU)")
+    ap.add_argument("--attention", default=LLMConfig.attention, choices=ATTENTIONS,
+                    help="the base's attention kernel; eager is faster than sdpa in bf16 on CPU")
+    ap.add_argument("--front-precision", default="fp32", choices=tuple(PRECISIONS),
+                    help="precision of the front's forwards (default fp32 whatever training used: bf16 moves a "
+                         "response's log-prob by up to half a nat, enough to flip near-tied pairs between weights)")
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps; 0 = at the end of each pass")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     ap.add_argument("--reference", metavar="FILE",
@@ -300,7 +311,8 @@ if __name__ == "__main__":
                     max_pairs=a.pairs, val_pairs=a.val_pairs,
                     held_out=a.held_out, lr=a.lr, prompt_lr=a.prompt_lr, lr_schedule=a.lr_schedule,
                     warmup_steps=a.warmup, alpha=a.alpha, penalty=a.penalty, prompt_mask=a.prompt_mask,
-                    weight_sampling=a.weight_sampling,
+                    weight_sampling=a.weight_sampling, precision=a.precision, attention=a.attention,
+                    lora_rank=a.lora_rank, lora_mix=a.lora_mix,
                     checkpoint_every=a.checkpoint_every, val_every=10**6, seed=a.seed,
                     method="fixed" if a.fixed_weights else "wcos",
                     fixed_weights=tuple(float(x) for x in a.fixed_weights.split(",")) if a.fixed_weights else None,
@@ -311,7 +323,8 @@ if __name__ == "__main__":
                                    reference_file=a.reference)
     t1 = time.perf_counter()
     front = write_front(Path(a.out) / "policy", data, Path(a.out), grid=a.grid, policy=policy,
-                        max_pairs=a.front_pairs, keep_pairs=True, reference_file=a.reference)
+                        max_pairs=a.front_pairs, keep_pairs=True, reference_file=a.reference,
+                        precision=a.front_precision)
     t2 = time.perf_counter()
     print(f"training {metrics['train_seconds']:.0f} s of {t1 - t0:.0f} s; front {t2 - t1:.0f} s")
     for w, p, m, d in zip(front["weights"], front["points"], front["margins"], front["logprob_shift"]):

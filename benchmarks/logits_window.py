@@ -39,21 +39,30 @@ def timed(fn, steps):
     return statistics.median(times), out
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def hh_batches(tokenizer, batch: int, length: int, n: int) -> list[dict]:
+    """``n`` batches of ``batch`` helpful HH-RLHF pairs of at most ``length`` tokens, in file order."""
+    pairs, _ = load_preferences(HH / "helpful.jsonl.gz", "hh", "helpful")
+    data = PreferenceSet.build(pairs[:400], tokenizer, ["helpful"], length)
+    return [data.batch(list(range(i * batch, (i + 1) * batch))) for i in range(n)]
+
+
+def bench_args(doc: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--batch", type=int, default=4, help="pairs per step")
     ap.add_argument("--length", type=int, default=160, help="max tokens per prompt + response")
     ap.add_argument("--steps", type=int, default=6)
-    a = ap.parse_args()
+    return ap.parse_args()
+
+
+def main():
+    a = bench_args(__doc__)
     torch.manual_seed(0)
     base, tokenizer = load_base(a.model)
-    pairs, _ = load_preferences(HH / "helpful.jsonl.gz", "hh", "helpful")
-    data = PreferenceSet.build(pairs[:400], tokenizer, ["helpful"], a.length)
     cfg = LLMConfig(model=a.model, objectives=("helpful", "harmless"))
     policy = build_policy(base, cfg, 2)
     w = torch.tensor([0.5, 0.5])
-    batches = [data.batch(list(range(i * a.batch, (i + 1) * a.batch))) for i in range(a.steps + 1)]
+    batches = hh_batches(tokenizer, a.batch, a.length, a.steps + 1)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     state = {"i": 0}
 

@@ -17,6 +17,8 @@ DataOpt = typer.Option(..., "--data", help="OBJ=PATH[,OBJ=PATH] (one objective p
                                            "PATH (helpful and harmless); PATH may be hf:NAME[@SPLIT].")
 FormatOpt = typer.Option(None, "--format", help="pku, hh or jsonl (default: from the first row).")
 OutOpt = typer.Option(..., "--out", help="Output folder.")
+PrecisionOpt = typer.Option(None, "--precision", help="fp32 or bf16 (default: as the policy was trained).")
+AttentionOpt = typer.Option(None, "--attention", help="auto, sdpa or eager (default: as the policy was trained).")
 
 
 def _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr, beta,
@@ -56,11 +58,21 @@ TRAIN = dict(
                                       "no pair left at a near-zero weight; needs --penalty 0; one-w models "
                                       "ignore it)."),
     penalty=typer.Option(0.0, help="lambda of the cosine penalty."),
-    lora_rank=typer.Option(8, "--lora-rank", help="LoRA rank (attention projections)."),
+    lora_rank=typer.Option(8, "--lora-rank", help="LoRA rank (attention projections); 0: no LoRA, the prompt "
+                                                  "alone trains."),
+    lora_mix=typer.Option(False, "--lora-mix/--no-lora-mix",
+                          help="Condition the LoRA on w too (ours): K updates of rank --lora-rank, mixed as "
+                               "sum_k w_k B_k A_k, trained in one shot (docs/llm.md)."),
     prompt_tokens=typer.Option(8, "--prompt-tokens", help="Virtual tokens of the prompt."),
     prompt_mask=typer.Option("linear", "--prompt-mask",
                              help="The Hyper Prompt's mask: linear (M = A B, as specified) or tanh (kept within "
                                   "(0, 2), so no w's prefix can grow far past a token embedding)."),
+    precision=typer.Option("fp32", "--precision",
+                           help="fp32, or bf16: every forward under bf16 autocast, weights kept in float32 "
+                                "(about half the step time on a GPU or an AMX CPU)."),
+    attention=typer.Option("auto", "--attention",
+                           help="The base's attention kernel: auto (the model's default), sdpa or eager (faster "
+                                "than sdpa with bf16 on CPU)."),
     max_pairs=typer.Option(0, "--max-pairs", help="Training pairs per objective (0: all)."),
     held_out=typer.Option(0.1, "--held-out", help="Fraction of prompts kept out of training for evaluation."),
     cache_reference=typer.Option(True, "--cache-reference/--no-cache-reference",
@@ -85,8 +97,8 @@ def llm_finetune(
     beta: float = TRAIN["beta"],
     alpha: float = TRAIN["alpha"], weight_sampling: str = TRAIN["weight_sampling"], penalty: float = TRAIN["penalty"],
     lora_rank: int = TRAIN["lora_rank"], prompt_tokens: int = TRAIN["prompt_tokens"],
-    prompt_mask: str = TRAIN["prompt_mask"],
-    max_pairs: int = TRAIN["max_pairs"],
+    prompt_mask: str = TRAIN["prompt_mask"], precision: str = TRAIN["precision"], attention: str = TRAIN["attention"],
+    lora_mix: bool = TRAIN["lora_mix"], max_pairs: int = TRAIN["max_pairs"],
     held_out: float = TRAIN["held_out"], cache_reference: bool = TRAIN["cache_reference"], seed: int = TRAIN["seed"],
     checkpoint_every: int = TRAIN["checkpoint_every"], progress: bool = TRAIN["progress"],
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
@@ -100,6 +112,7 @@ def llm_finetune(
                         alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed,
                         checkpoint_every, progress, lr_schedule=lr_schedule, warmup_steps=warmup_steps,
                         truncate_prompt=truncate_prompt, prompt_mask=prompt_mask, weight_sampling=weight_sampling,
+                        precision=precision, attention=attention, lora_mix=lora_mix,
                         method="fixed" if fixed else "wcos",
                         fixed_weights=tuple(fixed) if fixed else None)
     _, m = finetune_llm(data, out, cfg, fmt=fmt, resume=resume, overwrite=overwrite, log=typer.echo)
@@ -122,13 +135,15 @@ def llm_front(
     cache_reference: bool = typer.Option(True, "--cache-reference/--no-cache-reference",
                                          help="Keep the reference log-probs of these pairs in the policy folder's "
                                               "cache, so the next front of the same pairs skips that pass."),
+    precision: Optional[str] = PrecisionOpt, attention: Optional[str] = AttentionOpt,
     progress: bool = TRAIN["progress"],
 ):
     """Held-out preference accuracy and mean margin per objective at each w: front.json and front.png."""
     from .training.llm import REFERENCE_FILE, write_front
 
     front = write_front(model, data, out, grid=grid, split=split, max_pairs=max_pairs, fmt=fmt, progress=progress,
-                        reference_file=model / REFERENCE_FILE if cache_reference else None)
+                        reference_file=model / REFERENCE_FILE if cache_reference else None, precision=precision,
+                        attention=attention)
     names = front["objectives"]
     typer.echo("  w" + " " * 14 + "".join(f"{'acc ' + n[:10]:>16}" for n in names)
                + "".join(f"{'margin ' + n[:8]:>17}" for n in names) + f"{'logp shift':>13}")
@@ -155,6 +170,7 @@ def llm_generate(
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
     seed: int = typer.Option(0),
+    precision: Optional[str] = PrecisionOpt, attention: Optional[str] = AttentionOpt,
 ):
     """Answer prompts under the trade-off w (and temperature beta')."""
     from .generation import check_beta_prime, generate
@@ -165,7 +181,7 @@ def llm_generate(
     info = read_policy_info(model)  # before the model loads: a bad folder fails fast
     if len(w) != len(info["objectives"]):
         raise ValueError(f"--weights has {len(w)} entries; the policy has objectives {info['objectives']}")
-    policy, tokenizer, info = load_policy(model)
+    policy, tokenizer, info = load_policy(model, precision=precision, attention=attention)
     texts = generate(policy, tokenizer, prompts, w, beta=info["beta"], beta_prime=beta,
                      max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_p=top_p,
                      seed=seed)
@@ -190,8 +206,8 @@ def llm_compare(
     beta: float = TRAIN["beta"],
     alpha: float = TRAIN["alpha"], weight_sampling: str = TRAIN["weight_sampling"], penalty: float = TRAIN["penalty"],
     lora_rank: int = TRAIN["lora_rank"], prompt_tokens: int = TRAIN["prompt_tokens"],
-    prompt_mask: str = TRAIN["prompt_mask"],
-    max_pairs: int = TRAIN["max_pairs"],
+    prompt_mask: str = TRAIN["prompt_mask"], precision: str = TRAIN["precision"], attention: str = TRAIN["attention"],
+    lora_mix: bool = TRAIN["lora_mix"], max_pairs: int = TRAIN["max_pairs"],
     held_out: float = TRAIN["held_out"], cache_reference: bool = TRAIN["cache_reference"], seed: int = TRAIN["seed"],
     progress: bool = TRAIN["progress"],
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing comparison in --out."),
@@ -203,7 +219,8 @@ def llm_compare(
     train = _train_config(model, objectives, max_steps, epochs, max_length, batch_size, grad_accum, lr, prompt_lr,
                           beta, alpha, penalty, lora_rank, prompt_tokens, max_pairs, held_out, cache_reference, seed, 0,
                           progress, lr_schedule=lr_schedule, warmup_steps=warmup_steps, truncate_prompt=truncate_prompt,
-                          prompt_mask=prompt_mask, weight_sampling=weight_sampling)
+                          prompt_mask=prompt_mask, weight_sampling=weight_sampling, precision=precision,
+                          attention=attention, lora_mix=lora_mix)
     result = compare_llm(data, out, LLMCompareConfig(train, _names(methods), grid, overwrite), fmt=fmt,
                          log=typer.echo)
     typer.echo(format_table(result))

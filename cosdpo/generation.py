@@ -56,20 +56,23 @@ def generate_ids(policy, input_ids, attention_mask, w, *, ratio: float = 1.0, ma
     ``ratio`` = beta / beta'; 1 serves the policy as trained, 0 serves the base alone.
     """
     lm, B = policy.model, input_ids.shape[0]
-    embeds, mask = policy._inputs(input_ids, attention_mask, w)
+    embeds, mask, rows = policy._inputs(input_ids, attention_mask, w)
     base_mask = mask.clone()
     base_mask[:, :policy.cfg.n_tokens] = 0  # the base rows do not see the prefix
     mix = ratio not in (0.0, 1.0)  # 0: the base alone, 1: the policy alone
     kwargs = {}
     if mix:
         embeds, mask = torch.cat([embeds, embeds]), torch.cat([mask, base_mask])
+        rows = torch.cat([rows, torch.zeros_like(rows)])
     elif ratio == 0.0:
-        mask = base_mask
-    if hasattr(lm, "peft_config") and ratio != 1.0:
+        mask, rows = base_mask, torch.zeros_like(rows)
+    # a w-mixed LoRA adds nothing to a row whose w is 0, so its base rows need no adapter switch
+    if hasattr(lm, "peft_config") and ratio != 1.0 and policy.lora_mix is None:
         kwargs["adapter_names"] = ([lm.active_adapter] * B if mix else []) + [BASE_ADAPTER] * B
     generator = torch.Generator(device=input_ids.device).manual_seed(seed)
     pos = positions(mask)
-    out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
+    with policy.autocast(input_ids.device), policy.lora_weights(rows):  # precision: HPTModel.set_compute
+        out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     new = []
     for _ in range(max_new_tokens):
@@ -86,8 +89,9 @@ def generate_ids(policy, input_ids, attention_mask, w, *, ratio: float = 1.0, ma
         step = torch.cat([token, token]) if mix else token
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = pos[:, -1:] + 1
-        out = lm(input_ids=step[:, None], attention_mask=mask, position_ids=pos,
-                 past_key_values=out.past_key_values, use_cache=True, **kwargs)
+        with policy.autocast(input_ids.device), policy.lora_weights(rows):
+            out = lm(input_ids=step[:, None], attention_mask=mask, position_ids=pos,
+                     past_key_values=out.past_key_values, use_cache=True, **kwargs)
     return torch.stack(new, dim=1) if new else input_ids.new_zeros((B, 0))
 
 

@@ -11,12 +11,17 @@ peft = pytest.importorskip("peft")
 from cosdpo.models.hpt import HPTConfig, HPTModel  # noqa: E402
 
 
-def tiny_lora(seed=0):
+def tiny_base(seed=0):
+    """The tiny Llama alone; the same seed gives the same weights (what a saved policy is loaded onto)."""
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                                    pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    base = transformers.LlamaForCausalLM(cfg).eval()
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def tiny_lora(seed=0):
+    base = tiny_base(seed)
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
     model = peft.get_peft_model(base, lora)
     for name, p in model.named_parameters():  # as if trained: LoRA's B starts at zero
@@ -133,7 +138,7 @@ def test_save_and_load_round_trip(hpt, tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert "adapter_model.safetensors" in names and "hpt.safetensors" in names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pkl"))]
-    fresh_base = tiny_lora().get_base_model()  # same seed: same base weights, new adapter
+    fresh_base = tiny_base()  # same seed: same base weights, and the adapter comes from the folder
     loaded = HPTModel.from_pretrained(fresh_base, tmp_path).eval()
     torch.testing.assert_close(loaded(ids, mask, [0.3, 0.7]), hpt(ids, mask, [0.3, 0.7]))
     with pytest.raises(ValueError, match="built for 2"):
@@ -151,7 +156,7 @@ def test_tanh_mask_is_saved_and_older_folders_load_as_linear(tmp_path):
         torch.nn.init.normal_(p, std=2.0)
     ids, mask = batch()
     m.eval().save_pretrained(tmp_path)
-    loaded = HPTModel.from_pretrained(tiny_lora().get_base_model(), tmp_path).eval()
+    loaded = HPTModel.from_pretrained(tiny_base(), tmp_path).eval()
     assert loaded.cfg.mask == "tanh"
     torch.testing.assert_close(loaded(ids, mask, [0.3, 0.7]), m(ids, mask, [0.3, 0.7]))
     cfg = json.loads((tmp_path / "hpt_config.json").read_text())
@@ -170,3 +175,129 @@ def test_kept_logits_are_the_last_positions_of_the_full_ones(hpt):
     torch.testing.assert_close(hpt.reference_logits(ids, mask, 3), ref[:, -3:])
     with pytest.raises(ValueError, match="keep must be within"):
         hpt(ids, mask, w, 6)
+
+
+def test_bf16_runs_every_forward_under_autocast(hpt):
+    """set_compute("bf16"): the language model runs inside torch.autocast (the oracle: the model called
+    by hand on [P * M ; embeddings] under autocast), the prefix is made in float32, the weights stay
+    float32 and their gradients follow the float32 ones; the reference and both decoding loops too."""
+    from cosdpo.generation import generate_ids
+
+    ids, mask = batch()
+    w = torch.tensor([0.3, 0.7])
+    real = mask.bool()
+    fp32, ref32 = hpt(ids, mask, w), hpt.reference_logits(ids, mask)
+    embeds = torch.cat([hpt.hpt(w[None].expand(2, -1)), hpt.model.get_input_embeddings()(ids)], 1)
+    full = torch.cat([torch.ones(2, 3, dtype=mask.dtype), mask], 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        oracle = hpt.model(inputs_embeds=embeds, attention_mask=full).logits[:, 3:]
+        with hpt.model.disable_adapter():
+            ref_oracle = hpt.model(input_ids=ids, attention_mask=mask).logits
+    hpt.set_compute("bf16")
+    assert hpt.precision == "bf16"
+    torch.testing.assert_close(hpt(ids, mask, w)[real], oracle[real], rtol=0, atol=0)
+    torch.testing.assert_close(hpt.reference_logits(ids, mask)[real], ref_oracle[real], rtol=0, atol=0)
+    assert not torch.equal(oracle[real].float(), fp32[real])  # bf16 matmuls did run ...
+    torch.testing.assert_close(oracle[real].float(), fp32[real], rtol=0.05, atol=0.05)  # ... near float32
+    torch.testing.assert_close(ref_oracle[real].float(), ref32[real], rtol=0.05, atol=0.05)
+    assert all(p.dtype == torch.float32 for p in hpt.parameters())
+    ours = generate_ids(hpt, ids[:1], mask[:1], w, max_new_tokens=4)
+    theirs = hpt.generate(ids[:1], mask[:1], w, max_new_tokens=4, do_sample=False)
+    assert torch.equal(ours, theirs)
+
+    def grads(precision):
+        hpt.set_compute(precision)
+        hpt.zero_grad()
+        hpt(ids, mask, w).float().logsumexp(-1).sum().backward()
+        return torch.cat([p.grad.flatten() for p in hpt.parameters() if p.requires_grad])
+
+    g32, g16 = grads("fp32"), grads("bf16")
+    assert g16.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(g32, g16, dim=0) > 0.99
+
+
+def test_attention_kernels_agree_in_float32(hpt):
+    ids, mask = batch()
+    real = mask.bool()
+    sdpa = hpt.set_compute("fp32", "sdpa")(ids, mask, [0.3, 0.7])
+    assert hpt.attention == "sdpa"
+    eager = hpt.set_compute("fp32", "eager")(ids, mask, [0.3, 0.7])
+    assert hpt.attention == "eager"
+    torch.testing.assert_close(eager[real], sdpa[real], atol=1e-5, rtol=1e-5)
+    hpt.set_compute("fp32", "auto")  # auto leaves the kernel as it is
+    assert hpt.attention == "eager"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        hpt.set_compute("fp16")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        hpt.set_compute("fp32", "flash")
+
+
+def mixed(seed=0):
+    """A w-mixed LoRA of rank 2 per objective (rank 4 in all) under a Hyper Prompt."""
+    m = HPTModel.wrap(tiny_lora(seed), n_objectives=2, n_tokens=3, rank=2, lora_mix=True)
+    for p in (m.hpt.mlp_a[-1].weight, m.hpt.mlp_b[-1].weight):
+        torch.nn.init.normal_(p, std=0.5)
+    return m.eval()
+
+
+def test_mixed_lora_is_the_w_mix_of_its_rank_blocks():
+    """The oracle: every lora_A's k-th block of rows scaled by w_k in the weights themselves (so the
+    update is sum_k w_k B_k A_k), the hooks set to 1; per batch row, and 0 gives the base model."""
+    m = mixed()
+    ids, mask = batch()
+    real = mask.bool()
+    projections = [mod for name, mod in m.named_modules() if name.endswith("lora_A.default")]
+    assert projections and all(p.out_features == 4 for p in projections)
+
+    def oracle(w):
+        saved = [p.weight.detach().clone() for p in projections]
+        embeds = torch.cat([m.hpt(w[None].expand(2, -1)), m.model.get_input_embeddings()(ids)], 1)
+        full = torch.cat([torch.ones(2, 3, dtype=mask.dtype), mask], 1)
+        with torch.no_grad():
+            for p in projections:
+                p.weight.mul_(w.repeat_interleave(2)[:, None])
+            with m.lora_weights(torch.ones(2, 2)):
+                out = m.model(inputs_embeds=embeds, attention_mask=full).logits[:, 3:]
+            for p, s in zip(projections, saved):
+                p.weight.copy_(s)
+        return out
+
+    with torch.no_grad():
+        for w in ([1.0, 0.0], [0.3, 0.7], [0.0, 1.0]):
+            w = torch.tensor(w)
+            torch.testing.assert_close(m(ids, mask, w)[real], oracle(w)[real])
+        rows = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+        both = m(ids, mask, rows)
+        torch.testing.assert_close(both[1][real[1]], m(ids, mask, rows[1])[1][real[1]])
+        assert not torch.allclose(m(ids, mask, [1.0, 0.0]), m(ids, mask, [0.0, 1.0]), atol=1e-3)
+        with m.lora_weights(torch.zeros(2, 2)):  # w = 0 in the LoRA: the base model (here without prefix)
+            zero = m.model(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(zero[real], m.reference_logits(ids, mask)[real])
+    with pytest.raises(RuntimeError, match="without w"):
+        m.model(input_ids=ids, attention_mask=mask)
+
+
+def test_mixed_lora_generates_and_round_trips(tmp_path):
+    from cosdpo.generation import generate_ids
+
+    m = mixed()
+    ids, mask = batch()
+    w = torch.tensor([0.3, 0.7])
+    with torch.no_grad():  # adapter weights no fresh tiny_lora() has: the round trip below must load them
+        for name, p in m.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)) * 0.2)
+    ours = generate_ids(m, ids[:1], mask[:1], w, max_new_tokens=4)
+    assert torch.equal(ours, m.generate(ids[:1], mask[:1], w, max_new_tokens=4, do_sample=False))
+    with m.model.disable_adapter():  # ratio 0: the base alone, w = 0 in the LoRA and no prefix
+        base = m.model.generate(input_ids=ids[:1], attention_mask=mask[:1], max_new_tokens=4, do_sample=False)
+    assert torch.equal(generate_ids(m, ids[:1], mask[:1], w, ratio=0.0, max_new_tokens=4), base[:, ids.shape[1]:])
+    generate_ids(m, ids[:1], mask[:1], w, ratio=0.5, max_new_tokens=4)  # tuned and base rows in one batch
+    m.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "hpt_config.json").read_text())["lora_mix"] is True
+    loaded = HPTModel.from_pretrained(tiny_base(), tmp_path).eval()  # same base weights
+    assert loaded.lora_mix is not None
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, mask, w), m(ids, mask, w))
+    with pytest.raises(ValueError, match="divisible by 3"):
+        HPTModel.wrap(tiny_lora(), n_objectives=3, n_tokens=3, rank=2, lora_mix=True)

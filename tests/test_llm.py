@@ -225,7 +225,8 @@ def test_resume_continues_exactly(tiny_llm, tiny_pairs, tmp_path):
     finetune_llm(tiny_pairs, tmp_path / "cut", cfg_for(tiny_llm, max_steps=3), log=quiet)
     state = tmp_path / "cut" / "checkpoint" / "state.json"  # as written before prompt_mask (linear) and
     saved = json.loads(state.read_text())                   # weight_sampling (step) existed
-    del saved["job"]["prompt_mask"], saved["job"]["weight_sampling"]
+    del saved["job"]["prompt_mask"], saved["job"]["weight_sampling"]  # and precision, attention
+    del saved["job"]["precision"], saved["job"]["attention"], saved["job"]["lora_mix"]
     state.write_text(json.dumps(saved))
     finetune_llm(tiny_pairs, tmp_path / "cut", cfg_for(tiny_llm, max_steps=6), resume=True, log=quiet)
     # the last weights (the folders' policies are the best validated ones, and the cut run validated at step 3)
@@ -244,9 +245,13 @@ def test_saved_policy_loads_back_exactly(tiny_llm, tiny_pairs, tmp_path):
     assert torch.allclose(policy(ids, mask, w), loaded(ids, mask, w), atol=1e-6)
 
 
-def test_weights_move_the_margins(tiny_llm, tiny_pairs, tmp_path):
-    """After training, raising w_k raises objective k's mean margin on the training pairs."""
-    cfg = cfg_for(tiny_llm, max_steps=100, lr=1e-2, beta=1.0, alpha=0.1, val_every=10**6)
+@pytest.mark.parametrize("lora_rank, prompt_tokens, lora_mix", [(4, 2, False), (0, 4, False), (2, 2, True)])
+def test_weights_move_the_margins(tiny_llm, tiny_pairs, tmp_path, lora_rank, prompt_tokens, lora_mix):
+    """After training, raising w_k raises objective k's mean margin on the training pairs: with a shared
+    LoRA, with the Hyper Prompt alone (then 4 virtual tokens: 2 of width 32 are too few to learn both),
+    and with a w-mixed LoRA."""
+    cfg = cfg_for(tiny_llm, max_steps=100, lr=1e-2, beta=1.0, alpha=0.1, val_every=10**6, lora_rank=lora_rank,
+                  prompt_tokens=prompt_tokens, lora_mix=lora_mix)
     policy, _ = finetune_llm(tiny_pairs, tmp_path / "p", cfg, log=quiet)
     data, _, _ = load_split(tiny_pairs, load_base(str(tiny_llm))[1], cfg, None, "train")
     data.ref = sequence_scores(policy, data, reference=True)
@@ -321,6 +326,29 @@ def test_soup_mixes_lora_updates_not_factors(tiny_llm, tiny_pairs, tmp_path):
     assert torch.allclose(corner(ids, mask, [1.0, 0.0]), singles[0](ids, mask, [1.0, 0.0]), atol=1e-5)
 
 
+def test_prompt_alone_without_lora(tiny_llm, tiny_pairs, tmp_path):
+    """lora_rank=0: only the Hyper Prompt trains; no adapter is saved, the reference is the base model,
+    and the soup (which mixes LoRA updates) is refused before training."""
+    from cosdpo.training.llm_compare import LLMCompareConfig
+
+    policy, metrics = finetune_llm(tiny_pairs, tmp_path / "p", cfg_for(tiny_llm, max_steps=3, lora_rank=0), log=quiet)
+    assert metrics["trainable_params"] == sum(p.numel() for p in policy.hpt.parameters())
+    assert not (tmp_path / "p" / "adapter_config.json").exists()
+    loaded, _, _ = load_policy(tmp_path / "p")
+    base, _ = load_base(str(tiny_llm))
+    ids, mask = torch.tensor([[5, 17, 33, 9]]), torch.ones(1, 4, dtype=torch.long)
+    assert torch.allclose(policy(ids, mask, [0.2, 0.8]), loaded(ids, mask, [0.2, 0.8]), atol=1e-6)
+    assert torch.allclose(loaded.reference_logits(ids, mask), base(input_ids=ids, attention_mask=mask).logits)
+    with pytest.raises(ValueError, match="needs --lora-rank >= 1"):
+        LLMCompareConfig(cfg_for(tiny_llm, lora_rank=0), methods=("wcos", "soup"))
+    with pytest.raises(ValueError, match="lora_rank >= 0"):
+        LLMConfig(lora_rank=-1)
+    with pytest.raises(ValueError, match="lora_mix conditions the LoRA on w"):
+        LLMConfig(lora_rank=0, lora_mix=True)
+    with pytest.raises(ValueError, match="lora_mix conditions the LoRA on w"):
+        LLMConfig(method="fixed", fixed_weights=(1.0, 0.0), lora_mix=True)
+
+
 def test_plain_prompt_ignores_w(tiny_llm):
     base, _ = load_base(str(tiny_llm))
     policy = HPTModel.wrap(add_lora(base, 4), 2, n_tokens=2, conditioned=False)
@@ -344,6 +372,10 @@ def test_config_fails_early():
         LLMConfig(weight_sampling="batch")
     with pytest.raises(ValueError, match="one w per step"):
         LLMConfig(weight_sampling="pair", penalty=0.1)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        LLMConfig(precision="fp16")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        LLMConfig(attention="flash")
 
 
 def test_compare_config_refuses_bad_methods_before_training(tiny_llm):
@@ -354,3 +386,51 @@ def test_compare_config_refuses_bad_methods_before_training(tiny_llm):
         LLMCompareConfig(cfg_for(tiny_llm), methods=("wcos", "modpo"))
     with pytest.raises(ValueError, match="leave method at wcos"):
         LLMCompareConfig(cfg_for(tiny_llm, method="fixed", fixed_weights=(1.0, 0.0)))
+
+
+def test_bf16_policy_keeps_its_precision_and_its_own_reference(tiny_llm, tiny_pairs, tmp_path, monkeypatch):
+    """A bf16 run is saved, loaded and evaluated in bf16 (unless told otherwise), and never reads float32
+    reference log-probs from a shared cache, nor float32 runs its bf16 ones."""
+    import cosdpo.training.llm as llm
+
+    cfg = cfg_for(tiny_llm, max_steps=2, precision="bf16", attention="eager")
+    policy, _ = finetune_llm(tiny_pairs, tmp_path / "p", cfg, log=quiet)
+    loaded, _, info = load_policy(tmp_path / "p")
+    assert (info["config"]["precision"], loaded.precision, loaded.attention) == ("bf16", "bf16", "eager")
+    assert load_policy(tmp_path / "p", precision="fp32")[0].precision == "fp32"
+    ids, mask, w = torch.tensor([[5, 17, 33, 9]]), torch.ones(1, 4, dtype=torch.long), torch.tensor([0.2, 0.8])
+    assert torch.equal(policy(ids, mask, w), loaded(ids, mask, w))
+    # the cache: training's bf16 sets are read back by bf16, recomputed by float32
+    _, tok = load_base(str(tiny_llm))
+    sets = {"train": load_split(tiny_pairs, tok, cfg, None, "train")[0]}
+    cache = tmp_path / "p" / llm.REFERENCE_FILE
+    scored = []
+    real = llm.sequence_scores
+    monkeypatch.setattr(llm, "sequence_scores", lambda *a, **kw: scored.append(kw.get("desc")) or real(*a, **kw))
+    llm.reference_logprobs(loaded, sets, cfg, cache, progress=False)
+    assert scored == []
+    bf16_ref = sets["train"].ref.copy()
+    llm.reference_logprobs(loaded.set_compute("fp32"), sets, cfg, cache, progress=False)
+    assert scored == ["reference log-probs (train)"]
+    assert not np.array_equal(sets["train"].ref, bf16_ref)
+    np.testing.assert_allclose(sets["train"].ref, bf16_ref, rtol=0.02)
+    # a front in float32 of the bf16 policy: its margins near the bf16 front's, not equal
+    f16 = llm.write_front(tmp_path / "p", None, tmp_path / "f16", grid=3, progress=False)
+    f32 = llm.write_front(tmp_path / "p", None, tmp_path / "f32", grid=3, progress=False, precision="fp32")
+    assert f16["margins"] != f32["margins"]
+    np.testing.assert_allclose(f16["margins"], f32["margins"], atol=0.05)
+
+
+def test_compare_with_a_mixed_lora_trains_plain_baselines(tiny_llm, tiny_pairs, tmp_path):
+    """--lora-mix applies to Weight-COS-DPO only: DPO-LS's models are plain LoRA (half the LoRA size)."""
+    from cosdpo.training.llm_compare import LLMCompareConfig, compare_llm
+
+    cfg = LLMCompareConfig(cfg_for(tiny_llm, max_steps=1, lora_mix=True), methods=("wcos", "ls"), grid=2)
+    result = compare_llm(tiny_pairs, tmp_path / "c", cfg, log=quiet)
+    lora = {m: json.loads((tmp_path / "c" / "models" / d / "adapter_config.json").read_text())["r"]
+            for m, d in (("wcos", "wcos"), ("ls", "ls-0"))}
+    assert lora == {"wcos": 8, "ls": 4}
+    hpt = {m: json.loads((tmp_path / "c" / "models" / d / "hpt_config.json").read_text())["lora_mix"]
+           for m, d in (("wcos", "wcos"), ("ls", "ls-0"))}
+    assert hpt == {"wcos": True, "ls": False}
+    assert result["methods"]["ls"]["models_trained"] == 2

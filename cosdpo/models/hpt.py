@@ -27,9 +27,20 @@ from torch import nn
 
 from ..atomic import atomic_file, write_json
 from ..evaluation.metrics import dirichlet_standardiser
+from .lora_mix import LoRAMix
 
 HPT_WEIGHTS, HPT_CONFIG = "hpt.safetensors", "hpt_config.json"
 MASKS = ("linear", "tanh")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # the matmuls' dtype under autocast (None: float32, no autocast)
+ATTENTIONS = ("auto", "sdpa", "eager")  # auto: as the model was loaded
+
+
+def check_compute(precision: str | None, attention: str | None):
+    """A bad --precision or --attention stops before any model loads (None: left as it is)."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    if attention is not None and attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
@@ -48,6 +59,7 @@ class HPTConfig:
     conditioned: bool = True  # False: plain prompt tuning, one prefix for every w (the baselines' prompt)
     alpha: float = 0.3  # the Dirichlet concentration of training's w: w enters the MLPs standardised under it
     mask: str = "linear"  # "linear": M = A B (METHOD); "tanh": M = 1 + tanh(A B - 1), kept within (0, 2)
+    lora_mix: bool = False  # the LoRA is w-mixed too: its k-th rank block scaled by w_k (models/lora_mix.py)
 
     def __post_init__(self):
         if min(self.n_objectives, self.width, self.n_tokens, self.rank, self.hidden) < 1:
@@ -102,18 +114,58 @@ class HPTModel(nn.Module):
         super().__init__()
         self.model, self.cfg = model, cfg
         self.hpt = HyperPrompt(cfg, init_prefix)
+        self.precision = "fp32"
+        self.lora_mix = LoRAMix(model, cfg.n_objectives) if cfg.lora_mix else None
+
+    def set_compute(self, precision: str = "fp32", attention: str = "auto") -> "HPTModel":
+        """How forwards run; a runtime choice, not part of the saved prompt.
+
+        ``precision="bf16"`` runs every forward (policy, reference, generation)
+        under autocast: matmuls in bfloat16, the frozen base and the trained
+        weights kept in float32, log-probs summed in float32 (``sequence_logprobs``).
+        Why: bf16 matmuls are what GPUs and recent CPUs (AMX) are fast at; a
+        training step of SmolLM2 on this project's CPU took half the time
+        (docs/benchmarks.md). ``attention`` switches the base's attention
+        kernel: on CPU, the fused SDPA kernel's bf16 backward is slower than
+        plain matmuls ("eager") at these lengths.
+        """
+        check_compute(precision, attention)
+        if attention not in (None, "auto"):
+            self._transformer.set_attn_implementation(attention)
+        self.precision = precision
+        return self
+
+    @property
+    def _transformer(self):
+        """The transformers model under the PEFT wrapper (or the model itself, without LoRA)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    @property
+    def attention(self) -> str:
+        """The base's attention kernel now in use (what ``set_compute`` set, or the model's default)."""
+        return self._transformer.config._attn_implementation
+
+    def autocast(self, device: torch.device):
+        """The context every forward of this policy runs in (see ``set_compute``)."""
+        dtype = PRECISIONS[self.precision]
+        return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+    def lora_weights(self, rows: torch.Tensor):
+        """The context in which a w-mixed LoRA uses ``rows`` (B, K) as each batch row's w (else nothing)."""
+        return nullcontext() if self.lora_mix is None else self.lora_mix.weights(rows)
 
     @classmethod
     def wrap(cls, model, n_objectives: int, n_tokens: int = 8, rank: int = 4, hidden: int = 64, seed: int = 0,
-             conditioned: bool = True, alpha: float = 0.3, mask: str = "linear"):
+             conditioned: bool = True, alpha: float = 0.3, mask: str = "linear", lora_mix: bool = False):
         """Wrap ``model``; the prefix starts as the embeddings of ``n_tokens`` random vocabulary tokens."""
         emb = model.get_input_embeddings().weight
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, emb.shape[0], (n_tokens,), generator=g)
-        cfg = HPTConfig(n_objectives, emb.shape[1], n_tokens, rank, hidden, conditioned, alpha, mask)
+        cfg = HPTConfig(n_objectives, emb.shape[1], n_tokens, rank, hidden, conditioned, alpha, mask, lora_mix)
         return cls(model, cfg, emb[ids].detach().float())
 
     def _inputs(self, input_ids, attention_mask, w):
+        """(embeddings with the prefix, extended mask, w per row)."""
         w = torch.as_tensor(w, dtype=torch.float32, device=input_ids.device)
         w = w.expand(input_ids.shape[0], -1) if w.dim() == 1 else w
         if w.shape[-1] != self.cfg.n_objectives:
@@ -122,29 +174,31 @@ class HPTModel(nn.Module):
         prefix = self.hpt(w).to(embeds.dtype)
         ones = torch.ones(input_ids.shape[0], self.cfg.n_tokens, dtype=attention_mask.dtype,
                           device=attention_mask.device)
-        return torch.cat([prefix, embeds], dim=1), torch.cat([ones, attention_mask], dim=1)
+        return torch.cat([prefix, embeds], dim=1), torch.cat([ones, attention_mask], dim=1), w
 
     def forward(self, input_ids, attention_mask, w, keep: int = 0):
         """Logits (B, T, V) for the tokens, under trade-off ``w``; ``keep`` > 0: for the last ``keep``
         positions only (the model's own ``logits_to_keep``; see ``losses.response_window``)."""
-        embeds, mask = self._inputs(input_ids, attention_mask, w)
+        embeds, mask, rows = self._inputs(input_ids, attention_mask, w)
         if not 0 <= keep <= input_ids.shape[1]:
             raise ValueError(f"keep must be within 0..{input_ids.shape[1]}, got {keep}")
-        logits = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask),
-                            logits_to_keep=keep).logits
+        with self.autocast(input_ids.device), self.lora_weights(rows):
+            logits = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask),
+                                logits_to_keep=keep).logits
         return logits if keep else logits[:, self.cfg.n_tokens:]
 
     def reference_logits(self, input_ids, attention_mask, keep: int = 0):
         """The base model's logits: adapters off, no prefix (``keep`` as in ``forward``)."""
         off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
-        with torch.no_grad(), off:
+        with torch.no_grad(), off, self.autocast(input_ids.device):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, w, **kwargs):
         """New tokens only (B, <= max_new_tokens), generated under ``w``."""
-        embeds, mask = self._inputs(input_ids, attention_mask, w)
-        return self.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        embeds, mask, rows = self._inputs(input_ids, attention_mask, w)
+        with self.autocast(input_ids.device), self.lora_weights(rows):
+            return self.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
 
     def save_pretrained(self, out_dir):
         """The adapter (PEFT's own safetensors) plus hpt.safetensors and hpt_config.json."""
@@ -170,6 +224,7 @@ class HPTModel(nn.Module):
         if "alpha" not in saved:  # made before w was standardised: these weights expect raw w
             raise ValueError(f"{out_dir} holds a prompt from an older cosdpo that fed w raw; train it again")
         saved.setdefault("mask", "linear")  # saved before the mask had a choice
+        saved.setdefault("lora_mix", False)  # ... and before the LoRA could be w-mixed
         wrapped = cls(model, HPTConfig(**saved))
         wrapped.hpt.load_state_dict(load_file(str(out_dir / HPT_WEIGHTS)))
         return wrapped

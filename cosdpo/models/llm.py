@@ -137,13 +137,21 @@ def read_policy_info(model_dir) -> dict:
     return json.loads(path.read_text())
 
 
-def load_policy(model_dir, dtype=torch.float32):
-    """(policy, tokenizer, info) from a folder written by ``save_policy``."""
-    from .hpt import HPTModel
+def load_policy(model_dir, dtype=torch.float32, precision: str | None = None, attention: str | None = None):
+    """(policy, tokenizer, info) from a folder written by ``save_policy``.
 
+    ``precision`` and ``attention`` (``HPTModel.set_compute``) default to what
+    the policy was trained with (float32 and the model's own attention for
+    policies saved before the choice existed).
+    """
+    from .hpt import HPTModel, check_compute
+
+    check_compute(precision, attention)
     info = read_policy_info(model_dir)
+    trained = info.get("config", {})
     base, tokenizer = load_base(info["base_model"], dtype)
-    policy = HPTModel.from_pretrained(base, model_dir)
+    policy = HPTModel.from_pretrained(base, model_dir).set_compute(precision or trained.get("precision", "fp32"),
+                                                                   attention or trained.get("attention", "auto"))
     policy.requires_grad_(False)
     policy.eval()
     return policy, tokenizer, info

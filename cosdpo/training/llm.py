@@ -34,7 +34,7 @@ from ..data.tokenize import PreferenceSet
 from ..evaluation.metrics import check_simplex, weight_grid
 from ..evaluation.preference import preference_front, sequence_scores
 from ..losses import dpo, response_window, sequence_logprobs, weight_cos
-from ..models.hpt import MASKS, HPTModel
+from ..models.hpt import MASKS, HPTModel, check_compute
 from ..evaluation.plot import plot_fronts
 from ..models.llm import (DEFAULT_MODEL, LORA_TARGETS, POLICY_FILE, add_lora, load_base, load_policy,
                           read_policy_info, save_policy)
@@ -58,7 +58,8 @@ class LLMConfig(TrainConfig):
     alpha: float = 0.3  # Dirichlet concentration of the w draws
     weight_sampling: str = "step"  # "step": one w per step (METHOD); "pair": each its own (pair_weights); wcos only
     penalty: float = 0.0  # lambda of the cosine penalty
-    lora_rank: int = 8
+    lora_rank: int = 8  # 0: no LoRA, the prompt module alone trains (everything learned then depends on w)
+    lora_mix: bool = False  # ours: K LoRA updates of rank lora_rank mixed by w (models/lora_mix.py); wcos only
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = LORA_TARGETS
     prompt_tokens: int = 8
@@ -73,6 +74,8 @@ class LLMConfig(TrainConfig):
     val_grid: int = 3
     cache_reference: bool = True
     max_tokens: int = 4096  # padded tokens per forward when scoring without gradients
+    precision: str = "fp32"  # "bf16": every forward under bf16 autocast (weights stay float32); HPTModel.set_compute
+    attention: str = "auto"  # the base's attention kernel: auto (as loaded), sdpa, or eager (faster in bf16 on CPU)
     split_seed: int = 0
     epochs: int = 1
     batch_size: int = 8
@@ -93,18 +96,21 @@ class LLMConfig(TrainConfig):
             self.fixed_weights = tuple(float(x) for x in check_simplex(self.fixed_weights, k))
         if self.prompt_mask not in MASKS:
             raise ValueError(f"prompt_mask must be one of {MASKS}, got {self.prompt_mask!r}")
+        check_compute(self.precision, self.attention)
         if self.weight_sampling not in WEIGHT_SAMPLING:
             raise ValueError(f"weight_sampling must be one of {WEIGHT_SAMPLING}, got {self.weight_sampling!r}")
         if self.weight_sampling == "pair" and self.method == "wcos" and self.penalty:
             raise ValueError("weight_sampling 'pair' needs penalty 0: the cosine penalty compares the loss vector "
                              "with one w, so it needs one w per step")
+        if self.lora_mix and (self.method != "wcos" or not self.lora_rank):
+            raise ValueError("lora_mix conditions the LoRA on w: it needs method wcos and lora_rank >= 1")
         if self.prompt_lr < 0:
             raise ValueError(f"prompt_lr must be >= 0 (0 = lr), got {self.prompt_lr}")
         if not self.beta > 0 or not self.alpha > 0 or self.penalty < 0:
             raise ValueError("beta and alpha must be > 0, penalty >= 0")
-        if min(self.lora_rank, self.prompt_tokens, self.prompt_rank, self.prompt_hidden, self.max_length,
-               self.val_pairs, self.max_tokens) < 1 or self.max_pairs < 0:
-            raise ValueError("sizes (LoRA, prompt, lengths, pairs) must be >= 1 (max_pairs >= 0)")
+        if min(self.prompt_tokens, self.prompt_rank, self.prompt_hidden, self.max_length, self.val_pairs,
+               self.max_tokens) < 1 or min(self.max_pairs, self.lora_rank) < 0:
+            raise ValueError("sizes (prompt, lengths, pairs) must be >= 1 (max_pairs and lora_rank >= 0)")
         if not 0 < self.held_out < 1:
             raise ValueError(f"held_out must be in (0, 1), got {self.held_out}")
         if self.val_grid < 2:
@@ -155,13 +161,27 @@ def load_split(data: str, tokenizer, cfg: LLMConfig, fmt: str | None = None, spl
 
 
 def build_policy(base, cfg: LLMConfig, n_objectives: int) -> HPTModel:
-    lora = add_lora(base, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.seed)
+    """LoRA (unless ``lora_rank`` is 0) + the prompt module around the frozen ``base``.
+
+    Why ``lora_rank=0`` exists: LoRA does not see w, so whatever both
+    objectives' pairs ask of it alike it learns for every w, and what they
+    ask in opposite directions (on HH-RLHF: longer answers for helpful,
+    shorter for harmless) cancels in it; only the Hyper Prompt can tell the
+    weights apart. Without LoRA every update goes through the w-conditioned
+    prompt; with ``lora_mix`` the LoRA sees w too (docs/hh-rlhf.md).
+    """
+    rank = cfg.lora_rank * (n_objectives if cfg.lora_mix else 1)  # w-mixed: one rank block per objective
+    lora = add_lora(base, rank, cfg.lora_alpha * rank / cfg.lora_rank, cfg.lora_targets, cfg.seed) if rank else base
     return HPTModel.wrap(lora, n_objectives, cfg.prompt_tokens, cfg.prompt_rank, cfg.prompt_hidden, cfg.seed,
-                         conditioned=cfg.method == "wcos", alpha=cfg.alpha, mask=cfg.prompt_mask)
+                         conditioned=cfg.method == "wcos", alpha=cfg.alpha, mask=cfg.prompt_mask,
+                         lora_mix=cfg.lora_mix).set_compute(cfg.precision, cfg.attention)
 
 
-def _fingerprint(model_name: str, data: PreferenceSet) -> str:
-    h = hashlib.sha256(model_name.encode())
+def _fingerprint(model_name: str, policy: HPTModel, data: PreferenceSet) -> str:
+    """Model, token ids and, under bf16, how the forwards ran: bf16 log-probs differ from float32 ones by
+    more than a DPO margin can ignore, and so do two attention kernels in bf16 (in float32 they agree)."""
+    compute = "" if policy.precision == "fp32" else f"|{policy.precision}|{policy.attention}"
+    h = hashlib.sha256((model_name + compute).encode())
     for p, r in data.sequences:
         h.update(np.asarray(p + [-1] + r + [-2], dtype=np.int64).tobytes())
     return h.hexdigest()
@@ -176,7 +196,7 @@ def reference_logprobs(policy, sets: dict[str, PreferenceSet], cfg: LLMConfig, p
     ``train``, a front's ``front``) are kept when it is written again, so a
     front read after training does not cost training its cache.
     """
-    prints = {name: _fingerprint(cfg.model, s) for name, s in sets.items()}
+    prints = {name: _fingerprint(cfg.model, policy, s) for name, s in sets.items()}
     todo, kept, kept_prints = dict(sets), {}, {}
     if path is not None and path.is_file():
         with safe_open(str(path), "pt") as f:
@@ -335,7 +355,8 @@ def finetune_llm(data: str, out, cfg: LLMConfig, *, fmt: str | None = None, resu
 
 def write_front(model_dir, data: str | None, out, *, grid: int | None = None, split: str = "held-out",
                 max_pairs: int | None = None, fmt: str | None = None, policy=None, tokenizer=None,
-                progress: bool = True, keep_pairs: bool = False, reference_file=None) -> dict:
+                progress: bool = True, keep_pairs: bool = False, reference_file=None, precision: str | None = None,
+                attention: str | None = None) -> dict:
     """Held-out front of the policy in ``model_dir`` -> front.json and front.png in ``out``.
 
     ``split="held-out"`` re-derives the prompts the training kept out (same
@@ -345,6 +366,7 @@ def write_front(model_dir, data: str | None, out, *, grid: int | None = None, sp
     ``reference_file``: the reference log-probs of the front's pairs are read
     from (or added to) this cache, so a second front of the same pairs (another
     grid, another policy from the same base) skips the reference pass.
+    ``precision`` / ``attention``: how the forwards run (default: as trained).
     """
     if split not in ("held-out", "all"):
         raise ValueError(f"split must be held-out or all, got {split!r}")
@@ -355,11 +377,14 @@ def write_front(model_dir, data: str | None, out, *, grid: int | None = None, sp
     data = data or info["data"]
     weights = weight_grid(len(info["objectives"]), grid, "lattice", cfg.seed)
     if policy is None:
-        policy, tokenizer, _ = load_policy(model_dir)
-    elif tokenizer is None:
-        from transformers import AutoTokenizer
+        policy, tokenizer, _ = load_policy(model_dir, precision=precision, attention=attention)
+    else:
+        if precision or attention:
+            policy.set_compute(precision or policy.precision, attention)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     test, _, _ = load_split(data, tokenizer, cfg, fmt, split)
     reference_logprobs(policy, {"front": test}, cfg, Path(reference_file) if reference_file else None, progress)
 

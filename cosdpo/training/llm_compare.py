@@ -40,6 +40,8 @@ class LLMCompareConfig:
 
     def __post_init__(self):
         self.methods = check_methods(self.methods, LLM_COMPARE_METHODS, self.train.method)
+        if "soup" in self.methods and not self.train.lora_rank:
+            raise ValueError("DPO Soup mixes LoRA updates: it needs --lora-rank >= 1")
         if self.grid is not None and self.grid < 2:
             raise ValueError("grid must be >= 2")
 
@@ -98,7 +100,7 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
             seconds, n_params, dirs, singles = 0.0, 0, [], {}
             for i, w in enumerate(ws):
                 name = f"{method}-{i}"
-                policy, m, s = run(name, replace(cfg.train, method="fixed", fixed_weights=tuple(w)))
+                policy, m, s = run(name, replace(cfg.train, method="fixed", fixed_weights=tuple(w), lora_mix=False))
                 seconds, n_params = seconds + s, n_params + m["trainable_params"]
                 dirs.append(out / "models" / name)
                 if test.ref is None:
@@ -111,7 +113,7 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
             else:
                 scores = []
                 for w in grid:
-                    mixed = soup_policy(dirs, w, base)
+                    mixed = soup_policy(dirs, w, base).set_compute(cfg.train.precision)
                     scores.append(sequence_scores(mixed, test, torch.tensor(w, dtype=torch.float32)))
                     mixed.model.unload()
             n_models = len(ws)

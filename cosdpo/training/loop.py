@@ -109,7 +109,8 @@ class TrainConfig:
 RESUMABLE = ("epochs", "max_steps", "progress", "patience", "checkpoint_every")
 # settings added after checkpoints were first written, with the value that reproduces the runs made before
 # (each applies to the jobs that have it: prompt_mask only to LLM jobs)
-ADDED_SETTINGS = {"warmup_steps": 0, "prompt_mask": "linear", "weight_sampling": "step"}
+ADDED_SETTINGS = {"warmup_steps": 0, "prompt_mask": "linear", "weight_sampling": "step", "precision": "fp32",
+                  "attention": "auto", "lora_mix": False}
 
 
 def job_settings(cfg, **extra) -> dict:

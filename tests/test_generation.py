@@ -11,11 +11,17 @@ from cosdpo.models.hpt import HPTModel  # noqa: E402
 from tests.test_hpt import tiny_lora  # noqa: E402
 
 
-@pytest.fixture()
-def policy():
-    m = HPTModel.wrap(tiny_lora(), n_objectives=2, n_tokens=3, rank=2)
+@pytest.fixture(params=[False, True], ids=["shared-lora", "w-mixed-lora"])
+def policy(request):
+    """Every test runs on both LoRAs: a w-mixed one turns its base rows off by w = 0, not by PEFT's
+    mixed-adapter batches."""
+    m = HPTModel.wrap(tiny_lora(), n_objectives=2, n_tokens=3, rank=2, lora_mix=request.param)
     for p in (m.hpt.mlp_a[-1].weight, m.hpt.mlp_b[-1].weight):
         torch.nn.init.normal_(p, std=0.5)
+    if request.param:  # w scales each half of the update down: as if trained further, so tokens differ
+        for name, p in m.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.6, generator=torch.Generator().manual_seed(1))
     return m.eval()
 
 

@@ -8,7 +8,11 @@ The 160-token fronts in docs/hh-rlhf.md (30% of the prompts held out, one
 pass): --steps 260 --pairs 0 --lr 5e-4 --prompt-lr 5e-3 --held-out 0.3
 --front-pairs 1000 --no-truncate-prompt, with several seeds and with two
 passes; without --no-truncate-prompt long dialogues keep their last turns,
-which doubles the pairs (--steps 542 is one pass).
+which doubles the pairs (--steps 542 is one pass). The first front that
+follows w at every step (docs/hh-rlhf.md, "The LoRA conditioned on w"):
+--steps 542 --pairs 0 --lr 5e-4 --prompt-lr 5e-3 --held-out 0.3
+--front-pairs 1000 --alpha 0.3 --prompt-mask tanh --weight-sampling pair
+--lora-mix --precision bf16 --attention eager.
 
 Helpful and harmless are the two objectives (../shared/data/hh-rlhf). The
 run fine-tunes LoRA + Hyper Prompt Tuning for --steps steps, then measures

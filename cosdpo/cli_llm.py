@@ -62,7 +62,9 @@ TRAIN = dict(
                                                   "alone trains."),
     lora_mix=typer.Option(False, "--lora-mix/--no-lora-mix",
                           help="Condition the LoRA on w too (ours): K updates of rank --lora-rank, mixed as "
-                               "sum_k w_k B_k A_k, trained in one shot (docs/llm.md)."),
+                               "sum_k w_k B_k A_k, trained in one shot. When the objectives come as "
+                               "separate datasets (HH-RLHF) this is what makes the front follow w "
+                               "(docs/hh-rlhf.md)."),
     prompt_tokens=typer.Option(8, "--prompt-tokens", help="Virtual tokens of the prompt."),
     prompt_mask=typer.Option("linear", "--prompt-mask",
                              help="The Hyper Prompt's mask: linear (M = A B, as specified) or tanh (kept within "

@@ -163,12 +163,12 @@ def load_split(data: str, tokenizer, cfg: LLMConfig, fmt: str | None = None, spl
 def build_policy(base, cfg: LLMConfig, n_objectives: int) -> HPTModel:
     """LoRA (unless ``lora_rank`` is 0) + the prompt module around the frozen ``base``.
 
-    Why ``lora_rank=0`` exists: LoRA does not see w, so whatever both
-    objectives' pairs ask of it alike it learns for every w, and what they
-    ask in opposite directions (on HH-RLHF: longer answers for helpful,
-    shorter for harmless) cancels in it; only the Hyper Prompt can tell the
-    weights apart. Without LoRA every update goes through the w-conditioned
-    prompt; with ``lora_mix`` the LoRA sees w too (docs/hh-rlhf.md).
+    A shared LoRA does not see w: what both objectives' pairs ask of it
+    alike it learns for every w, and what they ask in opposite directions
+    (on HH-RLHF: longer answers for helpful, shorter for harmless) cancels
+    in it. ``lora_rank=0`` sends every update through the w-conditioned
+    prompt instead; ``lora_mix`` lets the LoRA see w too, and on HH-RLHF
+    only the latter made the front follow w (docs/hh-rlhf.md).
     """
     rank = cfg.lora_rank * (n_objectives if cfg.lora_mix else 1)  # w-mixed: one rank block per objective
     lora = add_lora(base, rank, cfg.lora_alpha * rank / cfg.lora_rank, cfg.lora_targets, cfg.seed) if rank else base

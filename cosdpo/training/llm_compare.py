@@ -113,7 +113,7 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
             else:
                 scores = []
                 for w in grid:
-                    mixed = soup_policy(dirs, w, base).set_compute(cfg.train.precision)
+                    mixed = soup_policy(dirs, w, base).set_compute(cfg.train.precision, cfg.train.attention)
                     scores.append(sequence_scores(mixed, test, torch.tensor(w, dtype=torch.float32)))
                     mixed.model.unload()
             n_models = len(ws)

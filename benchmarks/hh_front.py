@@ -278,7 +278,7 @@ if __name__ == "__main__":
                     help="Dirichlet concentration of the w drawn per step (small: near the corners, a wider front)")
     ap.add_argument("--penalty", type=float, default=LLMConfig.penalty, help="lambda of the cosine penalty")
     ap.add_argument("--weight-sampling", default=LLMConfig.weight_sampling, choices=WEIGHT_SAMPLING,
-                    help="step: one w per step (METHOD); pair: each pair its own w ~ Dir(alpha + e_objective)")
+                    help="step: one w per step (the paper); pair: each pair its own w ~ Dir(alpha + e_objective)")
     ap.add_argument("--prompt-mask", default=LLMConfig.prompt_mask, choices=MASKS,
                     help="the Hyper Prompt's mask: linear (M = A B) or tanh (bounded to (0, 2))")
     ap.add_argument("--lora-rank", type=int, default=LLMConfig.lora_rank,

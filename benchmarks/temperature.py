@@ -19,13 +19,12 @@ import itertools
 import json
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from cosdpo.atomic import write_json
 from cosdpo.data import RankingSet, write_fold
 from cosdpo.evaluation.front import ranker_front
-from cosdpo.evaluation.plot import draw_fronts, save_figure
+from cosdpo.evaluation.plot import draw_fronts, new_figure, save_figure
 from cosdpo.training.ltr import BaseConfig, FinetuneConfig, finetune, train_base
 
 OBJECTIVES = ("quality1", "quality2")
@@ -79,7 +78,8 @@ def main():
     report["base_point"] = tfronts[BETA_VECTORS[0]]["base_point"]
     write_json(out / "temperature.json", report)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    fig, axes = new_figure(1, 2, figsize=(11, 4.6))
+    axes = axes[0]
     draw_fronts(axes[0], {f"beta'={bp}": f for bp, f in served.items()}, annotate=False)
     axes[0].set_title("Weight-COS-DPO (trained at beta=0.5), served at beta'")
     draw_fronts(axes[1], {f"beta={bv}": f for bv, f in tfronts.items()}, annotate=False)

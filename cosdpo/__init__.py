@@ -6,7 +6,8 @@ auxiliary objectives; choose w at inference time instead of retraining.
 
 from .data import DataError, RankingSet, Schema, load_split, make_schema, read_letor, write_fold
 from .evaluation.front import ranker_front
-from .evaluation.metrics import hypervolume, ndcg_per_group, weight_grid
+from .evaluation.metrics import hypervolume, ndcg_per_group
+from .simplex import check_simplex, weight_grid
 from .evaluation.plot import plot_fronts
 from .generation import generate
 from .models.llm import load_policy

@@ -1,4 +1,4 @@
-"""Crash-safe writes: a reader sees the old content or the new, never half.
+"""Crash-safe writes (a reader sees the old content or the new, never half), and format stamps.
 
 Everything the project writes that a user would miss after a crash (model
 folders, checkpoints, caches, result JSON) goes through here: write beside
@@ -63,3 +63,17 @@ def write_json(target, obj) -> None:
     with atomic_file(target, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
+
+
+def check_format(saved: dict, expected: dict, path) -> None:
+    """A saved file carries ``{"format": ..., "version": ...}``; refuse another format or an unknown version.
+
+    Why: a folder from a newer cosdpo (or another tool) must fail with one
+    line naming the file, not later as a missing key deep in loading.
+    """
+    if not isinstance(saved, dict) or saved.get("format") != expected["format"]:
+        raise ValueError(f"{path} is not a {expected['format']} file (its format is "
+                         f"{saved.get('format') if isinstance(saved, dict) else None!r})")
+    if saved.get("version") != expected["version"]:
+        raise ValueError(f"{path} has {expected['format']} version {saved.get('version')!r}; this cosdpo reads "
+                         f"version {expected['version']}")

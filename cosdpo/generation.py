@@ -1,6 +1,6 @@
 """Controlled generation: choose the trade-off w, and the temperature beta', per request.
 
-METHOD section 4: a policy trained at temperature beta serves any beta' by
+docs/method.md section 4: a policy trained at temperature beta serves any beta' by
 rescaling its deviation from the base; at decoding time we apply it to the
 next-token logits (a token-level approximation of the sequence-level
 identity):
@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from .data.tokenize import prompt_ids
-from .evaluation.metrics import check_simplex
+from .simplex import check_simplex
 from .models.hpt import positions
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .evaluation.metrics import check_simplex
+from .simplex import check_simplex
 from .models.ranker import BaseRanker, ConditionedRanker
 
 

@@ -19,7 +19,7 @@ FT = dict(objectives=("quality1", "quality2"), batch_size=8, epochs=2, **TINY)
 def singles(tiny_fold, tiny_base, tmp_path_factory):
     out = tmp_path_factory.mktemp("singles")
     return [finetune(tiny_fold, tiny_base, out / f"e{k}",
-                     FinetuneConfig(method="fixed", fixed_weights=tuple(np.eye(2)[k]), penalty=0.0, **FT))[0]
+                     FinetuneConfig(method="ls", fixed_weights=tuple(np.eye(2)[k]), penalty=0.0, **FT))[0]
             for k in range(2)]
 
 
@@ -39,7 +39,7 @@ def test_soup_at_a_corner_is_that_model(tiny_fold, singles):
 def test_modpo_with_one_objective_is_lipo(tiny_fold, tiny_base, tmp_path):
     one = dict(FT, objectives=("quality1",))
     single, _ = finetune(tiny_fold, tiny_base, tmp_path / "lipo",
-                         FinetuneConfig(method="fixed", fixed_weights=(1.0,), penalty=0.0, **one))
+                         FinetuneConfig(method="ls", fixed_weights=(1.0,), penalty=0.0, **one))
     finetune(tiny_fold, tiny_base, tmp_path / "modpo", FinetuneConfig(method="modpo", fixed_weights=(1.0,), **one),
              single_models=[single])
     a, b = load_file(str(tmp_path / "lipo" / "model.safetensors")), load_file(str(tmp_path / "modpo" / "model.safetensors"))
@@ -58,11 +58,12 @@ def test_modpo_margins_are_weighted_implicit_rewards(tiny_fold, singles):
 
 def test_fixed_weight_options_are_checked():
     with pytest.raises(ValueError, match="only by"):
-        FinetuneConfig(method="fixed", **FT)
+        FinetuneConfig(method="ls", **FT)
+    assert FinetuneConfig(fixed_weights=(0.5, 0.5), **FT).method == "ls"  # one w given: its DPO-LS model
     with pytest.raises(ValueError, match="only by"):
-        FinetuneConfig(fixed_weights=(0.5, 0.5), **FT)
+        FinetuneConfig(method="tcos", fixed_weights=(0.5, 0.5), **FT)
     with pytest.raises(ValueError, match="simplex"):
-        FinetuneConfig(method="fixed", fixed_weights=(0.5, 0.6), **FT)
+        FinetuneConfig(method="ls", fixed_weights=(0.5, 0.6), **FT)
     with pytest.raises(ValueError, match="unknown methods"):
         CompareConfig(FinetuneConfig(**FT), methods=("wcos", "pareto"))
 

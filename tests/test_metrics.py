@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import ndcg_score
 
-from cosdpo.evaluation.metrics import (check_simplex, dirichlet_standardiser, hypervolume, mean_ndcg, ndcg_per_group,
-                                      weight_grid)
+from cosdpo.evaluation.metrics import hypervolume, mean_ndcg, ndcg_per_group
+from cosdpo.simplex import check_simplex, dirichlet_standardiser, weight_grid
 
 
 def test_ndcg_matches_sklearn_with_padding():

@@ -92,11 +92,11 @@ def test_front_command_temperatures(tiny_fold, wcos, tcos, tmp_path):
         return runner.invoke(app, ["ltr", "front", "--model", str(model_dir), "--data", str(tiny_fold), "--out",
                                    str(tmp_path / "f"), "--grid", "3", *extra])
 
-    assert run(wcos[1], "--beta", "2").exit_code == 0
-    assert run(tcos[1], "--betas", "0.5,2").exit_code == 0
-    for model_dir, extra, message in ((wcos[1], ["--betas", "1,2"], "one temperature"),
-                                      (wcos[1], ["--beta", "0"], "> 0"),
-                                      (tcos[1], ["--betas", "1,2,3"], "3 temperatures"),
-                                      (tcos[1], ["--beta", "1", "--betas", "1,2"], "not both")):
+    assert run(wcos[1], "--beta-prime", "2").exit_code == 0
+    assert run(tcos[1], "--beta-prime", "0.5,2").exit_code == 0
+    for model_dir, extra, message in ((wcos[1], ["--beta-prime", "1,2"], "one temperature"),
+                                      (wcos[1], ["--beta-prime", "0"], "> 0"),
+                                      (tcos[1], ["--beta-prime", "1,2,3"], "3 temperatures"),
+                                      (tcos[1], ["--beta-prime", "x"], "comma-separated numbers")):
         res = run(model_dir, *extra)
         assert res.exit_code == 2 and message in res.output, res.output

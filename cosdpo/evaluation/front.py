@@ -14,7 +14,8 @@ import torch
 from ..atomic import write_json
 from ..data.groups import RankingSet
 from ..models.ranker import ConditionedRanker, load_ranker
-from .metrics import hypervolume, mean_ndcg, ndcg_per_group, weight_grid
+from ..simplex import weight_grid
+from .metrics import hypervolume, mean_ndcg, ndcg_per_group
 from .plot import plot_fronts
 
 

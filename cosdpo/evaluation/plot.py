@@ -1,16 +1,24 @@
-"""Pictures of fronts: the curve for K = 2, pairwise projections for K > 2."""
+"""Pictures of fronts: the curve for K = 2, pairwise projections for K > 2.
+
+Figures are built with ``matplotlib.figure.Figure`` rather than pyplot, so
+writing a PNG neither needs a display nor switches the backend of the
+process that imported cosdpo.
+"""
 
 from __future__ import annotations
 
 import itertools
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from ..atomic import atomic_file
 
-from ..atomic import atomic_file  # noqa: E402
+
+def new_figure(rows: int = 1, cols: int = 1, figsize=(6.4, 4.8)):
+    """(figure, axes array of shape rows x cols) without pyplot's global state."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def draw_fronts(ax, fronts: dict[str, dict], i: int = 0, j: int = 1, annotate: bool = True):
@@ -44,7 +52,6 @@ def save_figure(fig, path):
     fig.tight_layout()
     with atomic_file(path) as f:
         fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
 
 
 def plot_fronts(fronts: dict[str, dict], path, title: str | None = None):
@@ -53,7 +60,7 @@ def plot_fronts(fronts: dict[str, dict], path, title: str | None = None):
     pairs = list(itertools.combinations(range(K), 2)) or [(0, 0)]
     cols = min(len(pairs), 3)
     rows = int(np.ceil(len(pairs) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.4 * rows), squeeze=False)
+    fig, axes = new_figure(rows, cols, figsize=(5.2 * cols, 4.4 * rows))
     for ax, (i, j) in zip(axes.flat, pairs):
         draw_fronts(ax, fronts, i, j)
     for ax in list(axes.flat)[len(pairs):]:

@@ -1,4 +1,4 @@
-"""LLM fronts: held-out preference accuracy per objective at each w (METHOD section 8).
+"""LLM fronts: held-out preference accuracy per objective at each w (docs/method.md section 8).
 
 A pair counts as won when the policy's implicit-reward margin
 beta * ((s_c - s_c^ref) - (s_r - s_r^ref)) is positive; an exact tie counts a

@@ -1,4 +1,4 @@
-"""Hyper Prompt Tuning (METHOD section 6): a prefix conditioned on w, around a LoRA model.
+"""Hyper Prompt Tuning (docs/method.md section 6): a prefix conditioned on w, around a LoRA model.
 
 A real vector w cannot be tokenised, and PEFT's prompt tuners take no
 extra input and do not combine with LoRA, so the prefix is our own small
@@ -25,11 +25,12 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from ..atomic import atomic_file, write_json
-from ..evaluation.metrics import dirichlet_standardiser
+from ..atomic import atomic_file, check_format, write_json
+from ..simplex import dirichlet_standardiser
 from .lora_mix import LoRAMix
 
 HPT_WEIGHTS, HPT_CONFIG = "hpt.safetensors", "hpt_config.json"
+HPT_FORMAT = {"format": "cosdpo-hyper-prompt", "version": 1}
 MASKS = ("linear", "tanh")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # the matmuls' dtype under autocast (None: float32, no autocast)
 ATTENTIONS = ("auto", "sdpa", "eager")  # auto: as the model was loaded
@@ -58,7 +59,7 @@ class HPTConfig:
     hidden: int = 64
     conditioned: bool = True  # False: plain prompt tuning, one prefix for every w (the baselines' prompt)
     alpha: float = 0.3  # the Dirichlet concentration of training's w: w enters the MLPs standardised under it
-    mask: str = "linear"  # "linear": M = A B (METHOD); "tanh": M = 1 + tanh(A B - 1), kept within (0, 2)
+    mask: str = "linear"  # "linear": M = A B (the paper); "tanh": M = 1 + tanh(A B - 1), kept within (0, 2)
     lora_mix: bool = False  # the LoRA is w-mixed too: its k-th rank block scaled by w_k (models/lora_mix.py)
 
     def __post_init__(self):
@@ -102,7 +103,7 @@ class HyperPrompt(nn.Module):
             # the same as M = A B near the start (M = 1, slope 1), but bounded: an unbounded M let
             # the corners' prefixes grow to 8-15x a token embedding's norm, and at one corner drag
             # every response's log-prob down by 6.8 nats a token, winning "shorter is better"
-            # pairs by length alone (docs/hh-rlhf.md, "Corners sampled more often")
+            # pairs by length alone (docs/results/hh-rlhf.md)
             mask = 1 + torch.tanh(mask - 1)
         return self.prefix * mask
 
@@ -124,7 +125,7 @@ class HPTModel(nn.Module):
         under autocast: matmuls in bfloat16, the frozen base and the trained
         weights kept in float32, log-probs summed in float32 (``sequence_logprobs``).
         Why: bf16 matmuls are what GPUs and recent CPUs (AMX) are fast at; a
-        training step of SmolLM2 on this project's CPU took half the time
+        training step of SmolLM2 on a CPU with AMX took half the time
         (docs/benchmarks.md). ``attention`` switches the base's attention
         kernel: on CPU, the fused SDPA kernel's bf16 backward is slower than
         plain matmuls ("eager") at these lengths.
@@ -208,7 +209,7 @@ class HPTModel(nn.Module):
             self.model.save_pretrained(str(out_dir))
         with atomic_file(out_dir / HPT_WEIGHTS) as f:
             f.write(safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in self.hpt.state_dict().items()}))
-        write_json(out_dir / HPT_CONFIG, asdict(self.cfg))
+        write_json(out_dir / HPT_CONFIG, HPT_FORMAT | asdict(self.cfg))
 
     @classmethod
     def from_pretrained(cls, model, out_dir):
@@ -221,10 +222,8 @@ class HPTModel(nn.Module):
 
             model = PeftModel.from_pretrained(model, str(out_dir))
         saved = json.loads((out_dir / HPT_CONFIG).read_text())
-        if "alpha" not in saved:  # made before w was standardised: these weights expect raw w
-            raise ValueError(f"{out_dir} holds a prompt from an older cosdpo that fed w raw; train it again")
-        saved.setdefault("mask", "linear")  # saved before the mask had a choice
-        saved.setdefault("lora_mix", False)  # ... and before the LoRA could be w-mixed
+        check_format(saved, HPT_FORMAT, out_dir / HPT_CONFIG)
+        saved = {k: v for k, v in saved.items() if k not in HPT_FORMAT}
         wrapped = cls(model, HPTConfig(**saved))
         wrapped.hpt.load_state_dict(load_file(str(out_dir / HPT_WEIGHTS)))
         return wrapped

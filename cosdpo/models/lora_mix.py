@@ -1,6 +1,6 @@
 """A LoRA conditioned on w (ours): Delta W(w) = sum_k w_k B_k A_k, per batch row.
 
-METHOD section 6 conditions an LLM on w through the Hyper Prompt alone and
+docs/method.md section 6 conditions an LLM on w through the Hyper Prompt alone and
 trains one LoRA shared by every w. When the objectives come as separate
 datasets whose prompts differ (HH-RLHF's helpful and harmless files), that
 shared LoRA learns what both ask alike for every w, and what they ask in

@@ -6,7 +6,7 @@ a document's score depend on its competitors), saved as a folder with
 
 The conditioned ranker always carries its frozen base, because serving
 needs s_base too (the reference of the implicit reward, and the anchor of
-post-training temperature control). Two parametrisations (METHOD 3):
+post-training temperature control). Two parametrisations (docs/method.md):
 
 - ``scratch``: s(x, w) is a fresh transformer on [x, w];
 - ``augment``: s(x, w) = s_base(x) + delta(x, w) with delta's output layer
@@ -25,12 +25,14 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from ..atomic import atomic_file, write_json
+from ..atomic import atomic_file, check_format, write_json
+from ..config import option
 from ..data.objectives import Schema
-from ..evaluation.metrics import dirichlet_standardiser
+from ..simplex import dirichlet_standardiser
 
 PARAMETRISATIONS = ("scratch", "augment")
 METHODS = ("wcos", "tcos", "fixed")  # fixed: unconditioned (baselines), w is ignored
+RANKER_FORMAT = {"format": "cosdpo-ranker", "version": 1}
 
 
 def signed_log1p(x: torch.Tensor) -> torch.Tensor:
@@ -61,11 +63,13 @@ class FeatureNorm(nn.Module):
 
 @dataclass
 class ScorerConfig:
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    ff_mult: int = 2
-    dropout: float = 0.1
+    """The list transformer's shape."""
+
+    d_model: int = option(128, "Transformer width.", panel="Model")
+    n_layers: int = option(2, "Transformer layers.", panel="Model", cli="--layers")
+    n_heads: int = option(4, "Attention heads.", panel="Model", cli="--heads")
+    ff_mult: int = option(2, "Feed-forward width as a multiple of --d-model.", panel="Model")
+    dropout: float = option(0.1, "Dropout.", panel="Model")
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -117,11 +121,11 @@ class ConditionedRanker(nn.Module):
     """s_theta(x, w) (Weight-COS) or s_theta(x, w, beta) (Temperature-COS).
 
     ``method="wcos"``: trained at one temperature ``beta``; any other
-    temperature beta' is served by the linear transformation (METHOD 4)
+    temperature beta' is served by the linear transformation (docs/method.md, temperature control)
     s_beta' = s_base + (beta / beta') (s_beta - s_base).
 
     ``method="tcos"``: the network also sees beta_hat = beta / ||beta||_1 and
-    the overall scale is applied outside it (METHOD 5):
+    the overall scale is applied outside it (docs/method.md, Temperature-COS-DPO):
     s = s_base + (f(x, w, beta_hat) - s_base) / ||beta||_1, so that
     beta_k (s - s_base) = beta_hat_k (f - s_base) for every objective k.
     """
@@ -236,7 +240,7 @@ def beta_hat_samples(K: int, beta_range, n: int = 4096) -> np.ndarray:
 
 def save_ranker(model: nn.Module, out_dir, extra: dict | None = None):
     """Write ``config.json`` + ``model.safetensors`` atomically into ``out_dir``."""
-    config = model.config_dict() | {"format": "cosdpo-ranker", "version": 1} | (extra or {})
+    config = model.config_dict() | RANKER_FORMAT | (extra or {})
     # file by file, not by swapping the folder: a training run's folder also
     # holds its checkpoint and logs. config.json comes last and marks a
     # complete model.
@@ -247,16 +251,13 @@ def save_ranker(model: nn.Module, out_dir, extra: dict | None = None):
 
 
 def build_ranker(config: dict) -> nn.Module:
-    if config.get("format") not in (None, "cosdpo-ranker"):
-        raise ValueError(f"not a cosdpo ranker folder (format {config.get('format')!r})")
     schema = Schema.from_dict(config["schema"])
     if config["kind"] == "base":
         return BaseRanker(schema, ScorerConfig(**config["scorer"]))
     if config["kind"] == "conditioned":
         base = build_ranker(config["base"])
         return ConditionedRanker(base, schema, ScorerConfig(**config["scorer"]), config["parametrisation"],
-                                 config["beta"], config["alpha"], config.get("method", "wcos"),
-                                 tuple(config.get("beta_range", (0.1, 10.0))))
+                                 config["beta"], config["alpha"], config["method"], tuple(config["beta_range"]))
     raise ValueError(f"unknown ranker kind {config['kind']!r}")
 
 
@@ -267,6 +268,7 @@ def load_ranker(model_dir) -> nn.Module:
     if not cfg_path.is_file() or not weights.is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (needs config.json and model.safetensors)")
     config = json.loads(cfg_path.read_text())
+    check_format(config, RANKER_FORMAT, cfg_path)
     model = build_ranker(config)
     model.load_state_dict(load_file(str(weights)))
     return model.eval()

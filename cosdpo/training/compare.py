@@ -1,4 +1,4 @@
-"""The baselines of METHOD section 7, and the side-by-side comparison.
+"""The baselines of docs/method.md section 7, and the side-by-side comparison.
 
 Every method trains through ``finetune`` (same data, network, loss, loop
 and budget per model); only what a model is conditioned on, and how many
@@ -22,7 +22,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -30,8 +29,9 @@ from ..atomic import write_json
 from ..data.groups import RankingSet
 from ..data.letor import load_split
 from ..evaluation.front import front_from_scores, score_base, score_conditioned
-from ..evaluation.metrics import weight_grid
-from ..evaluation.plot import plot_fronts, save_figure
+from ..config import check_choices, option
+from ..simplex import GRID_KINDS, weight_grid
+from ..evaluation.plot import new_figure, plot_fronts, save_figure
 from ..models.ranker import count_trainable
 from .ltr import FinetuneConfig, finetune
 
@@ -53,13 +53,16 @@ def check_methods(methods, known, train_method: str) -> tuple[str, ...]:
 @dataclass
 class CompareConfig:
     train: FinetuneConfig  # the settings every model is trained with (objectives included)
-    methods: tuple[str, ...] = ("wcos", "ls", "soup", "modpo")
-    grid: int | None = None  # K = 2: points (11); K > 2: at most this many (see weight_grid)
-    grid_kind: str = "lattice"
+    methods: tuple[str, ...] = option(tuple(METHOD_NAMES), "Any of wcos (Weight-COS-DPO), ls (DPO-LS), soup (DPO "
+                                                           "Soup), modpo (MO-DPO).", panel="Method")
+    grid: int | None = option(None, "Grid size: K = 2, N evenly spaced weights (11); K > 2, at most N (50).",
+                              panel="Evaluation")
+    grid_kind: str = option("lattice", "K > 2: lattice or dirichlet.", choices=GRID_KINDS, panel="Evaluation")
     overwrite: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        check_choices(self)
         self.methods = check_methods(self.methods, METHOD_NAMES, self.train.method)
         weight_grid(len(self.train.objectives), self.grid, self.grid_kind, self.train.seed)  # fails early
 
@@ -92,7 +95,7 @@ def compare(data, base_dir, out, cfg: CompareConfig) -> dict:
         return model, time.perf_counter() - t0
 
     def fixed(name, w, **more):
-        return run(name, method=more.pop("method", "fixed"), fixed_weights=tuple(float(x) for x in w),
+        return run(name, method=more.pop("method", "ls"), fixed_weights=tuple(float(x) for x in w),
                    penalty=0.0, **more)
 
     if {"soup", "modpo"} & set(cfg.methods):
@@ -170,7 +173,8 @@ def picture(result: dict, path: Path):
         plot_fronts({METHOD_NAMES[m]: f for m, f in result["methods"].items()}, path,
                     title="Fronts on the test split, same grid and budget per model")
         return
-    fig, ax = plt.subplots(figsize=(2.2 + 2.2 * len(result["methods"]), 2.2))
+    fig, axes = new_figure(figsize=(2.2 + 2.2 * len(result["methods"]), 2.2))
+    ax = axes[0, 0]
     ax.axis("off")
     ax.table(cellText=table_rows(result), colLabels=["", *(METHOD_NAMES[m] for m in result["methods"])],
              loc="center")

@@ -1,8 +1,8 @@
-"""LLM recipe: Weight-COS-DPO with Hyper Prompt Tuning and LoRA (METHOD sections 3, 6).
+"""LLM recipe: Weight-COS-DPO with Hyper Prompt Tuning and LoRA (docs/method.md sections 3 and 6).
 
 The base model is frozen; LoRA adapters on the attention projections and the
 prompt module train. ``method="wcos"`` conditions the prompt on w (HPT) and
-draws w ~ Dir(alpha) per step; ``method="fixed"`` trains one model for one w
+draws w ~ Dir(alpha) per step; ``method="ls"`` trains one model for one w
 with a plain prompt (DPO-LS, and the single-objective models of DPO Soup),
 so the baselines get prompt tuning too.
 
@@ -17,8 +17,7 @@ dataset and kept in ``reference_logprobs.safetensors`` in the output folder
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,81 +28,100 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from ..atomic import atomic_file, write_json
+from ..config import from_dict, option, redefault, to_dict
 from ..data.preferences import load_many, split_pairs
 from ..data.tokenize import PreferenceSet
-from ..evaluation.metrics import check_simplex, weight_grid
+from ..simplex import check_simplex, draw_weights, weight_grid
 from ..evaluation.preference import preference_front, sequence_scores
 from ..losses import dpo, response_window, sequence_logprobs, weight_cos
-from ..models.hpt import MASKS, HPTModel, check_compute
+from ..models.hpt import ATTENTIONS, MASKS, PRECISIONS, HPTModel
 from ..evaluation.plot import plot_fronts
-from ..models.llm import (DEFAULT_MODEL, LORA_TARGETS, POLICY_FILE, add_lora, load_base, load_policy,
+from ..models.llm import (DEFAULT_MODEL, LORA_TARGETS, POLICY_FILE, POLICY_FORMAT, add_lora, load_base, load_policy,
                           read_policy_info, save_policy)
 from ..models.ranker import count_trainable
-from .loop import TrainConfig, draw_weights, job_settings, make_accelerator, prepare_out, train
+from .loop import TrainConfig, finish_run, job_settings, make_accelerator, prepare_out, start_run, train
 
-LLM_METHODS = ("wcos", "fixed")
+LLM_METHODS = ("wcos", "ls")
 WEIGHT_SAMPLING = ("step", "pair")
 REFERENCE_FILE = "reference_logprobs.safetensors"
 
 
 @dataclass
 class LLMConfig(TrainConfig):
-    """One LLM fine-tuning job. Sizes default to what fits a laptop CPU."""
+    """One LLM fine-tuning job. Sizes default to what fits a laptop CPU; the method's defaults are the
+    setting whose front followed w on HH-RLHF (docs/llm.md, "Defaults and the paper")."""
 
-    model: str = DEFAULT_MODEL  # Hugging Face folder or hub id; "smollm2" = the packaged SmolLM2-135M-Instruct
-    objectives: tuple[str, ...] = ()  # empty: every objective the data names
-    method: str = "wcos"
-    fixed_weights: tuple[float, ...] | None = None
-    beta: float = 0.1  # DPO temperature
-    alpha: float = 0.3  # Dirichlet concentration of the w draws
-    weight_sampling: str = "step"  # "step": one w per step (METHOD); "pair": each its own (pair_weights); wcos only
-    penalty: float = 0.0  # lambda of the cosine penalty
-    lora_rank: int = 8  # 0: no LoRA, the prompt module alone trains (everything learned then depends on w)
-    lora_mix: bool = False  # ours: K LoRA updates of rank lora_rank mixed by w (models/lora_mix.py); wcos only
-    lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = LORA_TARGETS
-    prompt_tokens: int = 8
-    prompt_rank: int = 4
-    prompt_hidden: int = 64
-    prompt_mask: str = "linear"  # "tanh" bounds the Hyper Prompt's mask to (0, 2): see HPTConfig.mask
-    max_length: int = 512  # tokens of prompt + response
-    truncate_prompt: bool = True  # a longer dialogue loses its earliest turns; False: the pair is left out (counted)
-    max_pairs: int = 0  # training pairs per objective; 0 = all
-    held_out: float = 0.1  # fraction of prompts kept out of training
-    val_pairs: int = 32  # held-out pairs per objective used for validation during training
-    val_grid: int = 3
-    cache_reference: bool = True
-    max_tokens: int = 4096  # padded tokens per forward when scoring without gradients
-    precision: str = "fp32"  # "bf16": every forward under bf16 autocast (weights stay float32); HPTModel.set_compute
-    attention: str = "auto"  # the base's attention kernel: auto (as loaded), sdpa, or eager (faster in bf16 on CPU)
-    split_seed: int = 0
-    epochs: int = 1
-    batch_size: int = 8
-    lr: float = 5e-4
-    prompt_lr: float = 0.0  # lr of the Hyper Prompt (prefix and its MLPs); 0 = lr
-    patience: int = 0
+    model: str = option(DEFAULT_MODEL, "Hugging Face folder or hub id; smollm2 = the packaged "
+                                       "SmolLM2-135M-Instruct, converted once into $COSDPO_CACHE.", panel="Model")
+    objectives: tuple[str, ...] = option((), "Comma-separated subset of the data's objectives (default: all).",
+                                         panel="Data and output")
+    method: str = option("wcos", "wcos: one policy conditioned on w (Weight-COS-DPO); ls: one policy for "
+                                 "--weights (DPO-LS).", choices=LLM_METHODS, panel="Method")
+    fixed_weights: tuple[float, ...] | None = option(None, "Train one unconditioned policy for this w (DPO-LS).",
+                                                     panel="Method", cli="--weights")
+    beta: float = option(0.1, "Training temperature of DPO (serve another one with --beta-prime).", panel="Method")
+    alpha: float = option(0.3, "Dirichlet concentration of the w draws (small: corners, wider front).",
+                          panel="Method")
+    weight_sampling: str = option("pair", "pair: each pair its own w from Dir(alpha + e_k) of its objective k; "
+                                          "step: one w per step (the paper).", choices=WEIGHT_SAMPLING,
+                                  panel="Method")
+    penalty: float = option(0.0, "lambda, weight of the cosine penalty (needs --weight-sampling step).",
+                            panel="Method")
+    lora_rank: int = option(8, "LoRA rank per objective block (0: no LoRA, the prompt alone trains).",
+                            panel="Model")
+    lora_mix: bool = option(True, "Condition the LoRA on w too, as sum_k w_k B_k A_k (--no-lora-mix: one "
+                                  "shared LoRA, the paper).", panel="Model")
+    lora_alpha: float = option(16.0, "LoRA scaling alpha (per rank block).", panel="Model")
+    lora_targets: tuple[str, ...] = option(LORA_TARGETS, "Module names LoRA adapts.", panel="Model")
+    prompt_tokens: int = option(8, "Virtual tokens of the Hyper Prompt.", panel="Model")
+    prompt_rank: int = option(4, "Rank r of the Hyper Prompt's mask M = A B.", panel="Model")
+    prompt_hidden: int = option(64, "Hidden width of the MLPs that map w to A and B.", panel="Model")
+    prompt_mask: str = option("tanh", "tanh: the mask kept within (0, 2); linear: M = A B (the paper).",
+                              choices=MASKS, panel="Model")
+    prompt_lr: float = option(5e-3, "Learning rate of the Hyper Prompt (0: --lr); prompt tuning wants a "
+                                    "larger one than LoRA.")
+    max_length: int = option(512, "Tokens per prompt + response.", panel="Data and output")
+    truncate_prompt: bool = option(True, "Fit a longer pair by dropping its dialogue's earliest turns (else the "
+                                         "pair is counted and left out).", panel="Data and output")
+    max_pairs: int = option(0, "Training pairs per objective (0: all).", panel="Data and output")
+    held_out: float = option(0.1, "Fraction of prompts kept out of training for evaluation.",
+                             panel="Data and output")
+    split_seed: int = option(0, "Seed of the held-out split of the prompts.", panel="Data and output")
+    val_pairs: int = option(32, "Held-out pairs per objective used for validation during training.",
+                            panel="Evaluation")
+    val_grid: int = option(3, "Grid weights of the validation front.", panel="Evaluation")
+    cache_reference: bool = option(True, "Compute the reference log-probs once per dataset (else every step).",
+                                   panel="Runtime")
+    max_tokens: int = option(4096, "Padded tokens per forward when scoring without gradients.", panel="Runtime")
+    precision: str = option("fp32", "fp32, or bf16: forwards under bf16 autocast, weights kept in float32 "
+                                    "(about half the step time on a GPU or an AMX CPU).", choices=PRECISIONS,
+                            panel="Runtime")
+    attention: str = option("auto", "The base's attention kernel: auto (the model's), sdpa or eager (faster "
+                                    "with bf16 on CPU).", choices=ATTENTIONS, panel="Runtime")
+    epochs: int = redefault(TrainConfig, "epochs", 1)
+    batch_size: int = redefault(TrainConfig, "batch_size", 8)
+    lr: float = redefault(TrainConfig, "lr", 5e-4)
+    patience: int = redefault(TrainConfig, "patience", 0)
 
     def __post_init__(self):
         TrainConfig.__post_init__(self)
         self.objectives = tuple(self.objectives)
         self.lora_targets = tuple(self.lora_targets)
-        if self.method not in LLM_METHODS:
-            raise ValueError(f"method must be one of {LLM_METHODS}, got {self.method!r}")
+        if self.fixed_weights is not None and self.method == "wcos":
+            self.method = "ls"  # one w given: the one model for it
         if (self.fixed_weights is None) != (self.method == "wcos"):
-            raise ValueError("fixed_weights is needed by, and only by, method fixed")
+            raise ValueError("--weights is needed by, and only by, method ls")
         if self.fixed_weights is not None:
             k = len(self.objectives) or None
             self.fixed_weights = tuple(float(x) for x in check_simplex(self.fixed_weights, k))
-        if self.prompt_mask not in MASKS:
-            raise ValueError(f"prompt_mask must be one of {MASKS}, got {self.prompt_mask!r}")
-        check_compute(self.precision, self.attention)
-        if self.weight_sampling not in WEIGHT_SAMPLING:
-            raise ValueError(f"weight_sampling must be one of {WEIGHT_SAMPLING}, got {self.weight_sampling!r}")
-        if self.weight_sampling == "pair" and self.method == "wcos" and self.penalty:
-            raise ValueError("weight_sampling 'pair' needs penalty 0: the cosine penalty compares the loss vector "
+        if self.method != "wcos":  # one w: nothing to condition on, and no w to draw
+            self.lora_mix, self.weight_sampling = False, "step"
+        if self.weight_sampling == "pair" and self.penalty:
+            raise ValueError("--penalty needs --weight-sampling step: the cosine penalty compares the loss vector "
                              "with one w, so it needs one w per step")
-        if self.lora_mix and (self.method != "wcos" or not self.lora_rank):
-            raise ValueError("lora_mix conditions the LoRA on w: it needs method wcos and lora_rank >= 1")
+        if self.lora_mix and not self.lora_rank:
+            raise ValueError("--lora-mix conditions the LoRA on w and needs --lora-rank >= 1 (or pass "
+                             "--no-lora-mix)")
         if self.prompt_lr < 0:
             raise ValueError(f"prompt_lr must be >= 0 (0 = lr), got {self.prompt_lr}")
         if not self.beta > 0 or not self.alpha > 0 or self.penalty < 0:
@@ -317,6 +335,7 @@ def finetune_llm(data: str, out, cfg: LLMConfig, *, fmt: str | None = None, resu
     out = Path(out)
     prepare_out(out, resume, overwrite, POLICY_FILE)
     acc = accelerator or make_accelerator()
+    start_run(out, acc, "llm finetune", {"data": data, "format": fmt}, cfg)
     model, tokenizer = base or load_base(cfg.model)
     sets, objectives, report = load_splits(data, tokenizer, cfg, fmt)
     train_set, vali = sets["train"], sets["held-out"]
@@ -341,16 +360,11 @@ def finetune_llm(data: str, out, cfg: LLMConfig, *, fmt: str | None = None, resu
     metrics = {"train_seconds": round(state.seconds, 3), "steps": state.global_step, "epochs_run": state.epoch,
                "best_val": state.best, "trainable_params": count_trainable(policy), "processes": acc.num_processes,
                "train_pairs": train_set.counts(), "skipped_rows": dict(report.skipped)}
-    info = {"format": "cosdpo-llm-policy", "version": 1, "base_model": cfg.model, "objectives": objectives,
+    info = POLICY_FORMAT | {"base_model": cfg.model, "objectives": objectives,
             "beta": cfg.beta, "method": cfg.method, "fixed_weights": cfg.fixed_weights, "data": data,
             "held_out": cfg.held_out, "split_seed": cfg.split_seed, "max_length": cfg.max_length,
-            "training": metrics, "config": json.loads(json.dumps(asdict(cfg)))}
-    if acc.is_main_process:
-        save_policy(policy, tokenizer, out, info)
-        write_json(out / "metrics.json", metrics)
-        write_json(out / "train_log.json", state.history)
-    acc.wait_for_everyone()
-    return policy, metrics
+            "training": metrics, "config": to_dict(cfg)}
+    return policy, finish_run(out, acc, lambda: save_policy(policy, tokenizer, out, info), metrics, state)
 
 
 def write_front(model_dir, data: str | None, out, *, grid: int | None = None, split: str = "held-out",
@@ -371,7 +385,7 @@ def write_front(model_dir, data: str | None, out, *, grid: int | None = None, sp
     if split not in ("held-out", "all"):
         raise ValueError(f"split must be held-out or all, got {split!r}")
     info = read_policy_info(model_dir)
-    cfg = LLMConfig(**({"truncate_prompt": False} | info["config"]))  # older policies left long pairs out
+    cfg = from_dict(LLMConfig, info["config"], f"{model_dir}/{POLICY_FILE}")
     if max_pairs is not None:
         cfg.val_pairs = max_pairs
     data = data or info["data"]

@@ -1,4 +1,4 @@
-"""LLM baselines (METHOD section 7) beside Weight-COS-DPO, on one held-out set.
+"""LLM baselines (docs/method.md section 7) beside Weight-COS-DPO, on one held-out set.
 
 - ``wcos``: one policy, LoRA + Hyper Prompt Tuning conditioned on w;
 - ``ls`` (DPO-LS): one policy per grid weight, LoRA + a plain prompt, on
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ..atomic import write_json
-from ..evaluation.metrics import weight_grid
+from ..config import option
+from ..simplex import weight_grid
 from ..evaluation.preference import preference_front, sequence_scores
 from ..models.hpt import HPTModel
 from ..models.llm import load_base
@@ -34,8 +35,10 @@ LLM_COMPARE_METHODS = ("wcos", "ls", "soup")
 @dataclass
 class LLMCompareConfig:
     train: LLMConfig  # every model's settings; method must stay wcos
-    methods: tuple[str, ...] = LLM_COMPARE_METHODS
-    grid: int | None = 5
+    methods: tuple[str, ...] = option(LLM_COMPARE_METHODS, "Any of wcos (Weight-COS-DPO), ls (DPO-LS), soup "
+                                                          "(DPO Soup).", panel="Method")
+    grid: int | None = option(5, "Evaluation grid (K = 2: N evenly spaced weights); DPO-LS trains one policy "
+                                 "per weight.", panel="Evaluation")
     overwrite: bool = False
 
     def __post_init__(self):
@@ -100,7 +103,7 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
             seconds, n_params, dirs, singles = 0.0, 0, [], {}
             for i, w in enumerate(ws):
                 name = f"{method}-{i}"
-                policy, m, s = run(name, replace(cfg.train, method="fixed", fixed_weights=tuple(w), lora_mix=False))
+                policy, m, s = run(name, replace(cfg.train, method="ls", fixed_weights=tuple(w), lora_mix=False))
                 seconds, n_params = seconds + s, n_params + m["trainable_params"]
                 dirs.append(out / "models" / name)
                 if test.ref is None:

@@ -32,6 +32,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,8 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_dir, recover_dir, write_json
+from ..atomic import atomic_dir, check_format, recover_dir, write_json
+from ..config import RUN_FILE, check_choices, check_finite, option, to_dict, write_run_config
 from ..data.groups import RankingSet
 
 CHECKPOINT = "checkpoint"
@@ -55,7 +57,7 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
     step; decaying to 0 lets the run end in a settled state. Why warmup:
     Adam's first steps divide by a second moment estimated from a handful of
     gradients; a linear ramp over ``warmup`` steps lets the estimate settle
-    first (it did not remove the HH loss bursts: docs/hh-rlhf.md). The ramp and
+    first . The ramp and
     decay are those of transformers'
     ``get_{constant,cosine}_schedule_with_warmup``, so settings carry over
     from TRL. The factor depends on the step and the planned total only, so a
@@ -71,22 +73,27 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    seed: int = 0
-    patience: int = 5  # epochs without a better validation score; 0 turns early stopping off
-    val_every: int = 1  # epochs
-    checkpoint_every: int = 0  # steps; 0 = at epoch ends only
-    max_steps: int = 0  # > 0: exactly this many optimizer steps, over as many epochs as it takes
-    grad_accum: int = 1  # micro-batches per optimizer step; each holds batch_size / grad_accum groups
-    lr_schedule: str = "constant"  # "cosine": each group's lr decays to 0 over the run's planned steps
-    warmup_steps: int = 0  # the lr ramps linearly from 0 over these first steps
-    progress: bool = True
+    """Options every training job shares (the budget, the optimizer, checkpoints)."""
+
+    epochs: int = option(20, "Passes over the training data (an upper bound with early stopping).")
+    max_steps: int = option(0, "Optimizer steps; > 0 overrides --epochs (as many passes as it takes).")
+    batch_size: int = option(32, "Query groups (ranking) or preference pairs (LLM) per step, over all processes.")
+    lr: float = option(1e-3, "AdamW learning rate.")
+    lr_schedule: str = option("constant", "constant, or cosine: decay the lr to 0 over the planned steps.",
+                              choices=LR_SCHEDULES)
+    weight_decay: float = option(0.0, "AdamW weight decay.", panel="Experimental")
+    grad_clip: float = option(1.0, "Clip the gradient norm at this value (0: no clipping).", panel="Experimental")
+    warmup_steps: int = option(0, "Ramp the lr linearly from 0 over the first N steps.", panel="Experimental")
+    grad_accum: int = option(1, "Micro-batches per optimizer step (memory: batch-size / grad-accum per forward).")
+    seed: int = option(0, "Seed of initialisation, batch order and the sampled weights.")
+    patience: int = option(5, "Stop after this many validations without improvement (0: never stop early).")
+    val_every: int = option(1, "Validate every N epochs (and at the end).", panel="Evaluation")
+    checkpoint_every: int = option(0, "Also checkpoint every N steps (0: at epoch ends only).", panel="Runtime")
+    progress: bool = option(True, "Show progress bars.", panel="Runtime")
 
     def __post_init__(self):
+        check_choices(self)
+        check_finite(self)
         for name in ("epochs", "batch_size", "val_every", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -97,20 +104,28 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay and grad_clip must be >= 0")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.max_steps and self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be fewer than max_steps ({self.max_steps})")
         if self.grad_accum > self.batch_size:
             raise ValueError(f"grad_accum ({self.grad_accum}) cannot exceed batch_size ({self.batch_size})")
 
 
+class Task(Protocol):
+    """What a job supplies to ``train``: its loss terms, how they combine, and a validation score."""
+
+    def terms(self, model, batch: dict, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-objective loss sums over this process's groups, and how many groups counted in each."""
+
+    def combine(self, losses: torch.Tensor, step: int) -> torch.Tensor:
+        """The step's objective from the per-objective mean losses."""
+
+    def validate(self, model) -> float:
+        """Higher is better; drives early stopping and the choice of the final weights."""
+
+
 # settings that may change when a run is resumed
 RESUMABLE = ("epochs", "max_steps", "progress", "patience", "checkpoint_every")
-# settings added after checkpoints were first written, with the value that reproduces the runs made before
-# (each applies to the jobs that have it: prompt_mask only to LLM jobs)
-ADDED_SETTINGS = {"warmup_steps": 0, "prompt_mask": "linear", "weight_sampling": "step", "precision": "fp32",
-                  "attention": "auto", "lora_mix": False}
+CHECKPOINT_FORMAT = {"format": "cosdpo-checkpoint", "version": 1}
 
 
 def job_settings(cfg, **extra) -> dict:
@@ -125,10 +140,22 @@ def prepare_out(out: Path, resume: bool, overwrite: bool, marker: str):
                               f"--overwrite to replace it, or choose another --out")
 
 
-def draw_weights(seed: int, step: int, alpha: float, k: int) -> torch.Tensor:
-    """w ~ Dir(alpha) for one step; it depends only on (seed, step), so every process
-    and every resumed run draws the same w."""
-    return torch.tensor(np.random.default_rng([seed, step]).dirichlet(np.full(k, alpha)), dtype=torch.float32)
+def start_run(out: Path, acc: Accelerator, command: str, inputs: dict, cfg) -> None:
+    """Write ``run.yaml`` (the command, its inputs and every resolved option) before any work:
+    ``cosdpo COMMAND --config run.yaml`` repeats the run, also when this one is interrupted."""
+    if acc.is_main_process:
+        write_run_config(out / RUN_FILE, command, inputs | to_dict(cfg))
+    acc.wait_for_everyone()
+
+
+def finish_run(out: Path, acc: Accelerator, save, metrics: dict, state: "TrainState") -> dict:
+    """The end of every training job: ``save()`` the model, then metrics.json and train_log.json."""
+    if acc.is_main_process:
+        save()
+        write_json(out / "metrics.json", metrics)
+        write_json(out / "train_log.json", state.history)
+    acc.wait_for_everyone()
+    return metrics
 
 
 @dataclass
@@ -185,7 +212,7 @@ def save_checkpoint(path: Path, model, best_state, optimizer, state: TrainState,
         opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
         save_file(opt_tensors | {"__torch_rng__": torch.get_rng_state()}, str(tmp / "optimizer.safetensors"))
         write_json(tmp / "optimizer.json", opt_meta)
-        write_json(tmp / "state.json", {"state": asdict(state), "job": job})
+        write_json(tmp / "state.json", CHECKPOINT_FORMAT | {"state": asdict(state), "job": job})
 
 
 def load_checkpoint(path: Path, model, optimizer, job: dict):
@@ -193,7 +220,7 @@ def load_checkpoint(path: Path, model, optimizer, job: dict):
     if found is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {path.parent}")
     saved = json.loads((found / "state.json").read_text())
-    saved["job"] = {k: v for k, v in ADDED_SETTINGS.items() if k in job} | saved["job"]
+    check_format(saved, CHECKPOINT_FORMAT, found / "state.json")
     job = json.loads(json.dumps(job))  # tuples become lists, as in the saved copy
     if saved["job"] != job:
         diff = sorted(k for k in set(job) | set(saved["job"]) if job.get(k) != saved["job"].get(k))

@@ -16,22 +16,30 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from ..atomic import write_json
+from ..config import option
 from ..data.groups import RankingSet
 from ..data.letor import dataset_width
 from ..data.objectives import Schema, check_grade_spec, make_schema
 from ..evaluation.front import ndcg_report, ranker_front, score_base, score_conditioned
-from ..evaluation.metrics import check_simplex, weight_grid
+from ..simplex import check_simplex, draw_weights, weight_grid
 from ..losses import TRANSFORMS, lipo, listnet, weight_cos
 from ..models.ranker import (PARAMETRISATIONS, BaseRanker, ConditionedRanker, ScorerConfig, count_trainable,
                              load_ranker, save_ranker)
-from .loop import TrainConfig, TrainState, draw_weights, job_settings, make_accelerator, prepare_out, train
+from .loop import (TrainConfig, TrainState, finish_run, job_settings, make_accelerator, prepare_out, start_run,
+                   train)
 
-TRAIN_METHODS = ("wcos", "tcos", "fixed", "modpo")
+TRAIN_METHODS = ("wcos", "tcos", "ls", "modpo")
+
 
 def _scorer(cfg: ScorerConfig) -> ScorerConfig:
     """The network part of a job config (which also holds training options)."""
     return ScorerConfig(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ff_mult, cfg.dropout)
+
+
+def _grades(text: str) -> dict:
+    from ..data.objectives import parse_grade_overrides
+
+    return parse_grade_overrides(text)
 
 
 @dataclass
@@ -43,10 +51,11 @@ class BaseConfig(TrainConfig, ScorerConfig):
     are never inputs).
     """
 
-    exclude: tuple[str, ...] = ()
-    max_label: int = 4
-    split_seed: int = 0
-    k: int = 10
+    exclude: tuple[str, ...] = option((), "Objectives you will fine-tune on (e.g. f44,f45): in a non-MSLR file "
+                                          "their features leave the input.", panel="Data and output")
+    max_label: int = option(4, "Relevance labels must be integers 0..max-label.", panel="Data and output")
+    split_seed: int = option(0, "Seed of the 60/20/20 query split of a single file.", panel="Data and output")
+    k: int = option(10, "NDCG cut-off of validation.", panel="Evaluation")
 
     def __post_init__(self):
         TrainConfig.__post_init__(self)
@@ -58,23 +67,35 @@ class BaseConfig(TrainConfig, ScorerConfig):
 
 @dataclass
 class FinetuneConfig(TrainConfig, ScorerConfig):
-    """Weight-COS-DPO: one ranker conditioned on w for every trade-off."""
+    """Weight-COS-DPO: one ranker conditioned on w for every trade-off (and its baselines' single models)."""
 
-    objectives: tuple[str, ...] = ()
-    grades: dict = field(default_factory=dict)
-    alpha: float = 0.3  # Dirichlet concentration of the w drawn per step (small: corners, wider front)
-    penalty: float = 0.0  # lambda of the cosine penalty (measured to narrow the front: docs/benchmarks.md)
-    beta: float = 1.0  # DPO temperature
-    param: str = "augment"
-    method: str = "wcos"  # "tcos": also conditioned on temperatures; "fixed"/"modpo": one w (baselines)
-    fixed_weights: tuple[float, ...] | None = None  # fixed / modpo: the one w this model is trained for
-    modpo_min_w1: float = 0.05  # modpo: floor on w_1 against the 1/w_1 blow-up
-    beta_range: tuple[float, float] = (0.1, 10.0)  # tcos: beta_k ~ log-uniform on this range per step
-    transform: str = "softmax"
-    d_model: int = 64
-    split_seed: int = 0
-    val_grid: int = 5
-    k: int = 10
+    objectives: tuple[str, ...] = option((), "Comma-separated: MSLR names (quality1, quality2, query_url_clicks, "
+                                             "url_clicks, dwell_time) or feature indices (f44).",
+                                         panel="Data and output")
+    grades: dict = option(help="Grade transforms per objective, e.g. url_clicks=log2,quality1=linear:0:255.",
+                          panel="Data and output", parse=_grades, default_factory=dict)
+    method: str = option("wcos", "wcos: Weight-COS-DPO; tcos: also conditioned on per-objective temperatures; "
+                                 "ls: one unconditioned model for --weights (DPO-LS).",
+                         choices=TRAIN_METHODS, panel="Method")
+    fixed_weights: tuple[float, ...] | None = option(None, "Train one unconditioned model for this w (DPO-LS).",
+                                                     panel="Method", cli="--weights")
+    alpha: float = option(0.3, "Dirichlet concentration of the w drawn per step (small: corners, wider front).",
+                          panel="Method")
+    penalty: float = option(0.0, "lambda, weight of the cosine penalty pulling the losses towards w.",
+                            panel="Method")
+    beta: float = option(1.0, "Training temperature of DPO (serve another one with `ltr front --beta-prime`).",
+                         panel="Method")
+    beta_range: tuple[float, ...] = option((0.1, 10.0), "tcos: each step draws beta_k log-uniform on LO,HI.",
+                                           panel="Method")
+    param: str = option("augment", "augment (base + a correction, starts at the base) or scratch (a new network).",
+                        choices=PARAMETRISATIONS, panel="Model")
+    transform: str = option("softmax", "Label transform of the loss: softmax (dense grades) or l1 (sparse).",
+                            choices=TRANSFORMS, panel="Method")
+    modpo_min_w1: float = option(0.05, "modpo: floor on w_1 against the 1/w_1 blow-up.", cli=False)
+    d_model: int = option(64, "Width of the conditioned network.", panel="Model")
+    split_seed: int = option(0, "Seed of the 60/20/20 query split of a single file.", panel="Data and output")
+    val_grid: int = option(5, "Grid weights of the validation front (K = 2).", panel="Evaluation")
+    k: int = option(10, "NDCG cut-off.", panel="Evaluation")
 
     def __post_init__(self):
         TrainConfig.__post_init__(self)
@@ -92,12 +113,10 @@ class FinetuneConfig(TrainConfig, ScorerConfig):
             raise ValueError(f"penalty (lambda) must be >= 0, got {self.penalty}")
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
-        if self.param not in PARAMETRISATIONS:
-            raise ValueError(f"param must be one of {PARAMETRISATIONS}, got {self.param!r}")
-        if self.method not in TRAIN_METHODS:
-            raise ValueError(f"method must be one of {TRAIN_METHODS}, got {self.method!r}")
+        if self.fixed_weights is not None and self.method == "wcos":
+            self.method = "ls"  # one w given: the one model for it
         if (self.fixed_weights is None) != (self.method in ("wcos", "tcos")):
-            raise ValueError("fixed_weights is needed by, and only by, methods fixed and modpo")
+            raise ValueError("--weights is needed by, and only by, methods ls and modpo")
         if self.fixed_weights is not None:
             self.fixed_weights = tuple(float(x) for x in check_simplex(self.fixed_weights, len(self.objectives)))
         if not 0 < self.modpo_min_w1 <= 1:
@@ -105,8 +124,6 @@ class FinetuneConfig(TrainConfig, ScorerConfig):
         self.beta_range = tuple(float(b) for b in self.beta_range)
         if len(self.beta_range) != 2 or not 0 < self.beta_range[0] < self.beta_range[1]:
             raise ValueError(f"beta_range must be LO,HI with 0 < LO < HI, got {self.beta_range}")
-        if self.transform not in TRANSFORMS:
-            raise ValueError(f"transform must be one of {TRANSFORMS}, got {self.transform!r}")
         if self.val_grid < 2:
             raise ValueError("val_grid must be >= 2")
 
@@ -195,22 +212,17 @@ class MODPOTask(WeightCOSTask):
         return losses[0]
 
 
-def _finish(model, state: TrainState, out: Path, acc: Accelerator, extra: dict) -> dict:
-    metrics = {
+def _metrics(model, state: TrainState, acc: Accelerator, extra: dict) -> dict:
+    return {
         "train_seconds": round(state.seconds, 3),
         "epochs_run": state.epoch,
+        "steps": state.global_step,
         "best_epoch": state.best_epoch,
         "best_val": state.best,
         "stopped_early": state.stopped_early,
         "trainable_params": count_trainable(model),
         "processes": acc.num_processes,
     } | extra
-    if acc.is_main_process:
-        save_ranker(model, out, extra={"training": metrics})
-        write_json(out / "metrics.json", metrics)
-        write_json(out / "train_log.json", state.history)
-    acc.wait_for_everyone()
-    return metrics
 
 
 def train_base(data, out, cfg: BaseConfig | None = None, *, resume: bool = False, overwrite: bool = False,
@@ -220,6 +232,7 @@ def train_base(data, out, cfg: BaseConfig | None = None, *, resume: bool = False
     out = Path(out)
     prepare_out(out, resume, overwrite, "config.json")
     acc = accelerator or make_accelerator()
+    start_run(out, acc, "ltr train-base", {"data": str(data)}, cfg)
     width = dataset_width(data)
     schema = make_schema(width, cfg.exclude, max_label=cfg.max_label).with_objectives([])
     train_set = RankingSet.load(data, "train", schema, cfg.split_seed)
@@ -230,14 +243,15 @@ def train_base(data, out, cfg: BaseConfig | None = None, *, resume: bool = False
     model.to(acc.device)
     state = train(model, ListNetTask(vali, cfg.k), train_set, cfg, out, job=job_settings(cfg, data=str(data)),
                   resume=resume, accelerator=acc, desc="base")
-    return model, _finish(model, state, out, acc, {"val_ndcg": state.best, "data": str(data)})
+    metrics = _metrics(model, state, acc, {"val_ndcg": state.best, "data": str(data)})
+    return model, finish_run(out, acc, lambda: save_ranker(model, out, extra={"training": metrics}), metrics, state)
 
 
 def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, overwrite: bool = False,
              accelerator: Accelerator | None = None, single_models=None):
     """Weight-COS-DPO: fine-tune the base in ``base_dir`` on the chosen objectives.
 
-    ``method="fixed"`` trains one unconditioned model for ``fixed_weights``
+    ``method="ls"`` trains one unconditioned model for ``fixed_weights``
     (DPO-LS, and the single-objective models of DPO Soup / MO-DPO);
     ``method="modpo"`` needs ``single_models``: the K single-objective
     models (or their folders), whose implicit rewards become margins.
@@ -245,6 +259,7 @@ def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, 
     out = Path(out)
     prepare_out(out, resume, overwrite, "config.json")
     acc = accelerator or make_accelerator()
+    start_run(out, acc, "ltr finetune", {"data": str(data), "base": str(base_dir)}, cfg)
     base = load_ranker(base_dir)
     if not isinstance(base, BaseRanker):
         raise ValueError(f"{base_dir} is not a base ranker (it is a {base.kind} model)")
@@ -268,8 +283,9 @@ def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, 
     state = train(model, task, train_set, cfg, out,
                   job=job_settings(cfg, data=str(data), base=str(Path(base_dir).resolve())), resume=resume,
                   accelerator=acc, desc=cfg.method)
-    return model, _finish(model, state, out, acc, {"val_hypervolume": state.best, "data": str(data),
-                                                    "objectives": list(cfg.objectives)})
+    metrics = _metrics(model, state, acc, {"val_hypervolume": state.best, "data": str(data),
+                                           "objectives": list(cfg.objectives)})
+    return model, finish_run(out, acc, lambda: save_ranker(model, out, extra={"training": metrics}), metrics, state)
 
 
 def modpo_margins(single_models, data: RankingSet, cfg: FinetuneConfig) -> np.ndarray:

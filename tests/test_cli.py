@@ -64,7 +64,7 @@ def test_cli_pipeline_on_synthetic_data(tmp_path):
     (["ltr", "finetune", "--data", "{bad}", "--base", "{tmp}", "--objectives", "quality1", "--out", "{tmp}/f",
       "--grades", "quality1"], "expected NAME=SPEC"),
     (["ltr", "finetune", "--data", "{bad}", "--base", "{tmp}", "--objectives", "quality1", "--out", "{tmp}/f",
-      "--lr-schedule", "linear"], "'linear' is not one of"),
+      "--lr-schedule", "linear"], "lr_schedule must be one of constant, cosine; got 'linear'"),
     (["ltr", "compare", "--data", "{bad}", "--base", "{tmp}", "--objectives", "quality1", "--out", "{tmp}/f",
       "--warmup-steps", "-1"], "warmup_steps must be >= 0"),
 ])

@@ -89,10 +89,10 @@ def test_one_clear_line_for_bad_input(tiny_llm, tiny_pairs, tmp_path):
     assert "warmup_steps (2) must be fewer than max_steps (2)" in out
     out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "m",
                "--prompt-mask", "sigmoid", *TINY], code=2)
-    assert "'sigmoid' is not one of 'linear', 'tanh'" in out and not (tmp_path / "m").exists()
+    assert "prompt_mask must be one of linear, tanh; got 'sigmoid'" in out and not (tmp_path / "m").exists()
     out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "p",
                "--weight-sampling", "pair", "--penalty", "0.1", *TINY], code=2)
-    assert "weight_sampling 'pair' needs penalty 0" in out and not (tmp_path / "p").exists()
+    assert "--penalty needs --weight-sampling step" in out and not (tmp_path / "p").exists()
     out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "h",
                "--precision", "fp16", *TINY], code=2)
     assert "precision must be one of ('fp32', 'bf16')" in out and not (tmp_path / "h").exists()

@@ -99,8 +99,9 @@ def _field_parameter(f: dataclasses.Field, hint, choices=None) -> inspect.Parame
     if is_tuple or isinstance(default, dict) or meta.get("parse") is not None:
         # only typed options are read (see config_command), so the default is shown, never used
         annotation, value = Optional[str], None if default is None else _shown(default)
-    elif choices:
-        annotation, value = Optional[typing.Literal[tuple(str(c) for c in choices)]], default
+    elif choices:  # checked by the config (one line, like every other bad value), listed in the help
+        annotation, value = Optional[str], default
+        kwargs["metavar"] = "|".join(str(c) for c in choices)
     else:
         annotation, value = Optional[base], default
     info = typer.Option(value, flag_name(f), **kwargs)

@@ -4,7 +4,7 @@ Both models train on the same query split (train / vali for early stopping)
 and are scored by the same NDCG@10 on the test split; repeated over several
 split seeds because a small sample gives noisy single splits.
 
-    python benchmarks/base_vs_lightgbm.py [--data ../shared/data/mslr-sample/train.txt] [--seeds 5]
+    python benchmarks/base_vs_lightgbm.py [--data ../shared/data/mslr-sample/train.txt] [--seeds 5] [--quick]
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ def main():
     ap.add_argument("--data", default=str(DEFAULT))
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--quick", action="store_true", help="one split, two epochs: checks the script runs")
     args = ap.parse_args()
+    if args.quick:
+        args.seeds, args.epochs = 1, 2
     schema = make_schema(dataset_width(args.data))
     rows = []
     for seed in range(args.seeds):

@@ -2,6 +2,7 @@
 
     python benchmarks/compare.py --k 2 --out runs/compare-k2
     python benchmarks/compare.py --k 5 --out runs/compare-k5
+    python benchmarks/compare.py --quick          # a few seconds: checks the script runs
 
 Writes synthetic MSLR-shaped data, trains the base ranker, then runs
 ``cosdpo ltr compare`` (every method: same grid, same epochs per model,
@@ -31,11 +32,16 @@ def main():
     ap.add_argument("--grid", type=int, default=None, help="default: 11 (K=2), 15 (K=5: the H=2 lattice)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="60 queries, 1 epoch, 3 grid weights")
     args = ap.parse_args()
+    if args.quick:
+        args.queries, args.epochs, args.grid = 60, 1, 3
     out = Path(args.out or f"runs/compare-k{args.k}")
     t0 = time.perf_counter()
     data = write_fold(out / "data", args.queries, args.seed)
-    train_base(data, out / "base", BaseConfig(epochs=args.epochs, seed=args.seed, progress=False), overwrite=True)
+    small = dict(d_model=16, n_heads=2, n_layers=1) if args.quick else {}
+    train_base(data, out / "base", BaseConfig(epochs=args.epochs, seed=args.seed, progress=False, **small),
+               overwrite=True)
     train = FinetuneConfig(objectives=OBJECTIVES[:args.k], epochs=args.epochs, seed=args.seed, progress=False)
     grid = args.grid or (None if args.k == 2 else 15)
     result = compare(data, out / "base", out / "compare", CompareConfig(

@@ -1,6 +1,7 @@
 """Logits for the response window only against logits for every position, on real HH-RLHF batches.
 
-    python benchmarks/logits_window.py [--model smollm2] [--batch 4] [--length 160] [--steps 6]
+    python benchmarks/logits_window.py [--model smollm2] [--data HELPFUL.jsonl.gz] [--batch 4] [--length 160]
+                                       [--steps 6] [--quick]
 
 The LM head and its log-softmax over SmolLM2's 49,152-token vocabulary are
 a large share of a step, yet DPO scores only the response tokens: the
@@ -26,7 +27,7 @@ from cosdpo.losses import response_window, sequence_logprobs
 from cosdpo.models.llm import load_base
 from cosdpo.training.llm import LLMConfig, build_policy
 
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf"
+HELPFUL = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "helpful.jsonl.gz"
 
 
 def timed(fn, steps):
@@ -39,9 +40,9 @@ def timed(fn, steps):
     return statistics.median(times), out
 
 
-def hh_batches(tokenizer, batch: int, length: int, n: int) -> list[dict]:
+def hh_batches(path, tokenizer, batch: int, length: int, n: int) -> list[dict]:
     """``n`` batches of ``batch`` helpful HH-RLHF pairs of at most ``length`` tokens, in file order."""
-    pairs, _ = load_preferences(HH / "helpful.jsonl.gz", "hh", "helpful")
+    pairs, _ = load_preferences(path, "hh", "helpful")
     data = PreferenceSet.build(pairs[:400], tokenizer, ["helpful"], length)
     return [data.batch(list(range(i * batch, (i + 1) * batch))) for i in range(n)]
 
@@ -52,17 +53,22 @@ def bench_args(doc: str) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=4, help="pairs per step")
     ap.add_argument("--length", type=int, default=160, help="max tokens per prompt + response")
     ap.add_argument("--steps", type=int, default=6)
-    return ap.parse_args()
+    ap.add_argument("--data", default=str(HELPFUL), help="HH-RLHF pairs (jsonl, gzipped or not)")
+    ap.add_argument("--quick", action="store_true", help="2 pairs of at most 96 tokens, 2 steps")
+    a = ap.parse_args()
+    if a.quick:
+        a.batch, a.length, a.steps = 2, 96, 2
+    return a
 
 
 def main():
     a = bench_args(__doc__)
     torch.manual_seed(0)
     base, tokenizer = load_base(a.model)
-    cfg = LLMConfig(model=a.model, objectives=("helpful", "harmless"))
+    cfg = LLMConfig(model=a.model, objectives=("helpful", "harmless"), lora_mix=False)  # as docs/benchmarks.md
     policy = build_policy(base, cfg, 2)
     w = torch.tensor([0.5, 0.5])
-    batches = hh_batches(tokenizer, a.batch, a.length, a.steps + 1)
+    batches = hh_batches(a.data, tokenizer, a.batch, a.length, a.steps + 1)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     state = {"i": 0}
 

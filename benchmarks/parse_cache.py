@@ -1,6 +1,6 @@
 """How much faster is a second load of a LETOR file (the .npz cache)?
 
-    python benchmarks/parse_cache.py [--queries 2000] [--file PATH]
+    python benchmarks/parse_cache.py [--queries 2000] [--data PATH] [--quick]
 
 Prints the first (parse) and second (cache) load times and their ratio.
 """
@@ -34,10 +34,13 @@ def timed_loads(path: Path, repeats: int = 3) -> tuple[float, float]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=2000)
-    ap.add_argument("--file", action="append", default=[])
+    ap.add_argument("--data", action="append", default=[], help="a LETOR file to time too (repeatable)")
+    ap.add_argument("--quick", action="store_true", help="200 synthetic queries")
     args = ap.parse_args()
+    if args.quick:
+        args.queries = 200
     with tempfile.TemporaryDirectory() as tmp:
-        files = [Path(f) for f in args.file]
+        files = [Path(f) for f in args.data]
         shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mslr-sample" / "train.txt"
         if shared.exists():
             files.append(shared)

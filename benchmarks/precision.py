@@ -1,6 +1,7 @@
 """bf16 autocast and the attention kernel against float32, on real HH-RLHF batches.
 
-    python benchmarks/precision.py [--model smollm2] [--batch 4] [--length 160] [--steps 6]
+    python benchmarks/precision.py [--model smollm2] [--data HELPFUL.jsonl.gz] [--batch 4] [--length 160]
+                                   [--steps 6] [--quick]
 
 ``--precision bf16`` runs every forward of the policy under bf16 autocast
 (weights, optimizer and summed log-probs stay float32), and ``--attention``
@@ -28,9 +29,9 @@ def main():
     a = bench_args(__doc__)
     torch.manual_seed(0)
     base, tokenizer = load_base(a.model)
-    policy = build_policy(base, LLMConfig(model=a.model, objectives=("helpful", "harmless")), 2)
+    policy = build_policy(base, LLMConfig(model=a.model, objectives=("helpful", "harmless"), lora_mix=False), 2)
     w = torch.tensor([0.5, 0.5])
-    batches = hh_batches(tokenizer, a.batch, a.length, a.steps + 1)
+    batches = hh_batches(a.data, tokenizer, a.batch, a.length, a.steps + 1)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     state = {"i": 0}
 

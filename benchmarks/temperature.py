@@ -42,13 +42,17 @@ def main():
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--common", type=float, default=1.0, help="the common beta' both models are served at")
+    ap.add_argument("--quick", action="store_true", help="80 queries, 1 epoch: checks the script runs")
     args = ap.parse_args()
+    small = {}
+    if args.quick:
+        args.queries, args.epochs, small = 80, 1, dict(d_model=16, n_heads=2, n_layers=1)
     out = Path(args.out)
     data = write_fold(out / "data", args.queries, 0)
-    train_base(data, out / "base", BaseConfig(epochs=args.epochs, progress=False), overwrite=True)
+    train_base(data, out / "base", BaseConfig(epochs=args.epochs, progress=False, **small), overwrite=True)
 
     def tune(name, **kw):
-        cfg = FinetuneConfig(objectives=OBJECTIVES, epochs=args.epochs, progress=False, **kw)
+        cfg = FinetuneConfig(objectives=OBJECTIVES, epochs=args.epochs, progress=False, **small, **kw)
         return finetune(data, out / "base", out / name, cfg, overwrite=True)[0]
 
     models = {(beta, seed): tune(f"wcos-b{beta}-s{seed}", beta=beta, seed=seed)

@@ -2,7 +2,7 @@
 
     python benchmarks/throughput.py [--queries 600] [--steps 60]
 
-Times the real training step (``cosdpo.training.loop._step``) of the base
+Times the real training step (``cosdpo.training.loop.train_step``) of the base
 ranker (ListNet) and of Weight-COS-DPO fine-tuning on synthetic data, and
 compares the achieved float32 rate with a plain matmul measured in the same
 run. FLOPs are counted analytically over the padded positions the machine
@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from cosdpo.data import RankingSet, make_schema, write_fold
 from cosdpo.evaluation.front import score_base
 from cosdpo.models.ranker import BaseRanker, ConditionedRanker, ScorerConfig
-from cosdpo.training.loop import _step
+from cosdpo.training.loop import TrainConfig, train_step
 from cosdpo.training.ltr import FinetuneConfig, ListNetTask, WeightCOSTask
 
 
@@ -47,13 +47,14 @@ def measure(model, task, data: RankingSet, batch_size: int, steps: int, in_dim: 
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-3)
     batches = [b for e in range(100) for b in data.epoch_batches(batch_size, 0, e)][: steps + 5]
+    settings = TrainConfig(batch_size=batch_size)
     model.train()
     for i, groups in enumerate(batches[:5]):  # warm-up
-        _step(model, task, data, groups, i, acc, opt, trainable, 1.0)
+        train_step(model, task, data, groups, i, acc, opt, trainable, settings)
     groups_done = docs = flops = 0
     t0 = time.perf_counter()
     for i, groups in enumerate(batches[5:]):
-        _step(model, task, data, groups, i, acc, opt, trainable, 1.0)
+        train_step(model, task, data, groups, i, acc, opt, trainable, settings)
         sizes = data.sizes[groups]
         groups_done += len(groups)
         docs += int(sizes.sum())
@@ -67,7 +68,10 @@ def main():
     ap.add_argument("--queries", type=int, default=600)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--quick", action="store_true", help="100 queries, 3 timed steps")
     args = ap.parse_args()
+    if args.quick:
+        args.queries, args.steps, args.batch_size = 100, 3, 8
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         fold = write_fold(Path(tmp) / "d", args.queries, 0)

@@ -1,8 +1,8 @@
 """One Weight-COS-DPO step against one TRL DPOTrainer step, same model, LoRA, batch and length.
 
     pip install -e ".[bench]"      # trl 1.16.0
-    python benchmarks/trl_step.py [--model smollm2] [--batch 4] [--length 128] [--steps 8]
-                                  [--trl-checkpointing]
+    python benchmarks/trl_step.py [--model smollm2] [--data HELPFUL.jsonl.gz] [--batch 4] [--length 128]
+                                  [--steps 8] [--trl-checkpointing] [--quick]
 
 Both on CPU in float32, in the same run, each making one pass over the same
 HH-RLHF pairs (helpful), LoRA rank 8 on q/k/v/o, no gradient checkpointing
@@ -26,12 +26,12 @@ from cosdpo.data.preferences import load_preferences
 from cosdpo.models.llm import LORA_TARGETS, load_base, resolve_model
 from cosdpo.training.llm import LLMConfig, finetune_llm
 
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf"
+HELPFUL = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "helpful.jsonl.gz"
 
 
-def pairs_for(tokenizer, n, length):
+def pairs_for(path, tokenizer, n, length):
     """n HH pairs whose chat-templated prompt + longer response fit in ``length`` tokens."""
-    pairs, _ = load_preferences(HH / "helpful.jsonl.gz", "hh", "helpful")
+    pairs, _ = load_preferences(path, "hh", "helpful")
     out = []
     for p in pairs:
         prompt = tokenizer.apply_chat_template(list(p.prompt), add_generation_prompt=True, tokenize=False)
@@ -82,8 +82,10 @@ def time_ours(model_name, rows, batch, length, steps):
         for r in rows:
             p = r["pair"]
             f.write(json.dumps({"prompt": list(p.prompt), "chosen": p.chosen, "rejected": p.rejected}) + "\n")
+    # one shared LoRA and one w per step: the same adapter and loss shape as TRL's
     cfg = LLMConfig(model=model_name, max_steps=steps, batch_size=batch, max_length=length, held_out=0.01,
-                    val_pairs=1, val_every=10**6, progress=False, lr=5e-4)
+                    val_pairs=1, val_every=10**6, progress=False, lr=5e-4, lora_mix=False, weight_sampling="step",
+                    prompt_lr=0.0)
     times, reference = [], []
     import cosdpo.training.llm as llm
     import cosdpo.training.loop as loop
@@ -96,12 +98,12 @@ def time_ours(model_name, rows, batch, length, steps):
             return out
         return run
 
-    step, ref = loop._step, llm.reference_logprobs
-    loop._step, llm.reference_logprobs = clocked(step, times), clocked(ref, reference)
+    step, ref = loop.train_step, llm.reference_logprobs
+    loop.train_step, llm.reference_logprobs = clocked(step, times), clocked(ref, reference)
     try:
         finetune_llm(f"helpful={tmp / 'helpful.jsonl'}", tmp / "out", cfg, log=lambda s: None)
     finally:
-        loop._step, llm.reference_logprobs = step, ref
+        loop.train_step, llm.reference_logprobs = step, ref
     return times, sum(reference)
 
 
@@ -112,11 +114,15 @@ if __name__ == "__main__":
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--trl-checkpointing", action="store_true", help="keep TRL's default gradient checkpointing")
+    ap.add_argument("--data", default=str(HELPFUL), help="HH-RLHF pairs (jsonl, gzipped or not)")
+    ap.add_argument("--quick", action="store_true", help="2 steps of 2 pairs of at most 96 tokens")
     a = ap.parse_args()
+    if a.quick:
+        a.batch, a.length, a.steps = 2, 96, 2
     torch.manual_seed(0)
     name = resolve_model(a.model)
     _, tok = load_base(name)
-    rows = pairs_for(tok, a.batch * a.steps, a.length)
+    rows = pairs_for(a.data, tok, a.batch * a.steps, a.length)
     ours, reference = time_ours(name, rows, a.batch, a.length, a.steps)
     trl = time_trl(name, rows, a.batch, a.length, a.steps, a.trl_checkpointing)
     o, t = statistics.median(ours[1:]), statistics.median(trl[1:])

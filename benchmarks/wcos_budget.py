@@ -46,7 +46,10 @@ def main():
     ap.add_argument("--seed", type=int, default=0, help="training seed of every model (data and base: compare.py's)")
     ap.add_argument("--wcos", action="append", type=setting, default=None,
                     help="Weight-COS-DPO settings NAME=VALUE,...; repeat for several")
+    ap.add_argument("--quick", action="store_true", help="one epoch each, on compare.py --quick's folder")
     args = ap.parse_args()
+    if args.quick:
+        args.epochs, args.wcos = 1, [dict(epochs=2, patience=0)]
     out = Path(args.out or f"runs/compare-k{args.k}")
     if not (out / "base" / "config.json").is_file():
         raise SystemExit(f"{out} holds no base: run benchmarks/compare.py --k {args.k} --out {out} first")

@@ -1,21 +1,16 @@
-"""The paired and length analyses that benchmarks/hh_front.py prints under the HH front.
+"""The paired and length analyses of an LLM front (cosdpo.evaluation.front_analysis).
 
-They decide how docs/hh-rlhf.md reads the front, so each is checked on a
-hand-made front whose answer is known by construction.
+They decide how docs/results/hh-rlhf.md reads the front, so each is checked
+on a hand-made front whose answer is known by construction.
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-_spec = importlib.util.spec_from_file_location(
-    "hh_front", Path(__file__).resolve().parents[1] / "benchmarks" / "hh_front.py")
-hh_front = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(hh_front)
+from cosdpo.evaluation import front_analysis as hh_front
 
 
 def _front(margins_by_w, objective):
@@ -120,10 +115,10 @@ def test_seed_summary_refuses_fronts_over_different_weights():
 def test_summarize_names_a_file_that_is_not_a_front(tmp_path):
     bad = tmp_path / "metrics.json"
     bad.write_text('{"objectives": ["a", "b"], "weights": [[1, 0], [0, 1]]}')
-    with pytest.raises(SystemExit, match=r"metrics.json: not a front.json \(no points, margins\)"):
-        hh_front.print_seed_summary([str(bad)])
-    with pytest.raises(SystemExit, match="missing.json: cannot read"):
-        hh_front.print_seed_summary([str(tmp_path / "missing.json")])
+    with pytest.raises(ValueError, match=r"metrics.json: not a front.json \(no points, margins\)"):
+        hh_front.read_front(bad)
+    with pytest.raises(ValueError, match="missing.json: cannot read"):
+        hh_front.read_front(tmp_path / "missing.json")
 
 
 def test_mean_front_averages_the_runs_and_its_hypervolume_is_the_staircase_area(tmp_path):
@@ -138,11 +133,9 @@ def test_mean_front_averages_the_runs_and_its_hypervolume_is_the_staircase_area(
     # By hand above (0.3, 0.3): (0.6, 0.6) dominates the other two, so the area is 0.3 x 0.3.
     assert mean["hypervolume"] == pytest.approx(0.09)
     assert got["s0"]["hypervolume"] == pytest.approx(0.4 * 0.1 + 0.3 * 0.1 + 0.1 * 0.1)  # staircase of a, by hand
-    plot = tmp_path / "mean.png"
     for p, f in (("a.json", a), ("b.json", b)):
         (tmp_path / p).write_text(json.dumps(f))
-    hh_front.print_seed_summary([str(tmp_path / "a.json"), str(tmp_path / "b.json")], str(plot))
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert hh_front.read_front(tmp_path / "a.json") == a
 
 
 def test_order_breaks_finds_each_step_against_the_weight_and_counts_its_pairs():

@@ -287,7 +287,7 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
             for g, lr in zip(optimizer.param_groups, base_lrs):
                 g["lr"] = lr * lr_factor(cfg.lr_schedule, state.global_step, total, cfg.warmup_steps)
             if len(groups) >= world:  # a process with no groups could not join the gradient sync
-                running.append(_step(ddp_model, task, data, groups[rank::world], state.global_step, acc,
+                running.append(train_step(ddp_model, task, data, groups[rank::world], state.global_step, acc,
                                      optimizer, trainable, cfg))
             state.step_in_epoch += 1
             state.global_step += 1
@@ -330,7 +330,7 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
     return state
 
 
-def _step(model, task, data, groups, step, acc, optimizer, trainable, cfg: TrainConfig) -> float:
+def train_step(model, task, data, groups, step, acc, optimizer, trainable, cfg: TrainConfig) -> float:
     """One optimizer step over this process's ``groups``, in ``grad_accum`` micro-batches.
 
     With one micro-batch the step is exact (see the module docstring). With

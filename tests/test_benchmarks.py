@@ -1,0 +1,77 @@
+"""Every script in benchmarks/ runs in its --quick mode and prints its figures, so none rots unnoticed.
+
+Each runs as a user would run it (a subprocess in a scratch folder); the
+check is on the line that carries the benchmark's result, parsed as a number.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import MSLR_SAMPLE, SHARED, requires_shared
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+HH = SHARED / "hh-rlhf"
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py"))
+
+
+def bench(script, *args, cwd):
+    res = subprocess.run([sys.executable, str(BENCH / script), "--quick", *map(str, args)], cwd=cwd,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    return res.stdout
+
+
+def number(pattern, text):
+    found = re.search(pattern, text)
+    assert found, f"{pattern!r} not in:\n{text[-2000:]}"
+    return float(found.group(1))
+
+
+@pytest.mark.slow
+def test_ranking_benchmarks(tmp_path):
+    out = bench("compare.py", "--out", tmp_path / "c", cwd=tmp_path)
+    assert number(r"hypervolume  wcos / ls = ([\d.]+)", out) > 0
+    out = bench("wcos_budget.py", "--out", tmp_path / "c", cwd=tmp_path)
+    assert number(r"wcos .*\(([\d.]+) of DPO-LS\), main", out) > 0
+    out = bench("throughput.py", cwd=tmp_path)
+    assert number(r"Weight-COS-DPO\s+[\d.]+\s+([\d.]+)", out) > 0  # documents per second
+    out = bench("parse_cache.py", cwd=tmp_path)
+    assert number(r"([\d.]+)x faster", out) > 1
+    out = bench("temperature.py", "--out", tmp_path / "t", cwd=tmp_path)
+    assert (tmp_path / "t" / "figure3.png").read_bytes()[:4] == b"\x89PNG" and "cross_temperature" in out
+
+
+@pytest.mark.slow
+@requires_shared()
+def test_base_against_lightgbm(tmp_path):
+    out = bench("base_vs_lightgbm.py", "--data", MSLR_SAMPLE, cwd=tmp_path)
+    assert 0 < number(r"ratio ([\d.]+)", out)
+
+
+@pytest.mark.slow
+@requires_shared(HH / "helpful.jsonl.gz")
+def test_llm_benchmarks(tiny_llm, tmp_path):
+    helpful = HH / "helpful.jsonl.gz"
+    out = bench("logits_window.py", "--model", tiny_llm, "--data", helpful, cwd=tmp_path)
+    assert number(r"training step: .* ratio ([\d.]+) \(log-probs differ by at most", out) > 0
+    out = bench("precision.py", "--model", tiny_llm, "--data", helpful, cwd=tmp_path)
+    assert number(r"bf16 \+ eager: training step [\d.]+ s, ratio ([\d.]+)", out) > 0
+    out = bench("trl_step.py", "--model", tiny_llm, "--data", helpful, cwd=tmp_path)
+    assert number(r"ratio ours / TRL, median step = ([\d.]+)", out) > 0
+    out = bench("hh_front.py", "--model", tiny_llm, "--data", HH, "--out", tmp_path / "hh", cwd=tmp_path)
+    assert 0 <= number(r"hypervolume ([\d.]+)", out) <= 1
+    assert "length-balanced accuracy" in out
+    res = subprocess.run([sys.executable, str(BENCH / "hh_front.py"), "--summarize", str(tmp_path / "hh" / "front.json"),
+                          "--plot", str(tmp_path / "mean.png")], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0 and "1 runs; mean held-out accuracy" in res.stdout, res.stderr[-2000:]
+
+
+def test_every_benchmark_has_a_quick_test():
+    """A new script in benchmarks/ must join a test above (and so carry a --quick mode)."""
+    source = Path(__file__).read_text()
+    missing = [s for s in SCRIPTS if f'"{s}"' not in source]
+    assert not missing, f"benchmarks without a --quick test: {missing}"

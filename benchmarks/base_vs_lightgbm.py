@@ -26,10 +26,25 @@ DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mslr
 
 
 def lightgbm_scores(train: RankingSet, vali: RankingSet, test: RankingSet, seed: int) -> np.ndarray:
-    model = lgb.LGBMRanker(objective="lambdarank", n_estimators=500, learning_rate=0.05, num_leaves=31,
-                           min_child_samples=20, random_state=seed, verbose=-1)
-    model.fit(train.features, train.main, group=train.sizes, eval_X=(vali.features,), eval_y=(vali.main,),
-              eval_group=[vali.sizes], eval_at=[10], callbacks=[lgb.early_stopping(50, verbose=False)])
+    model = lgb.LGBMRanker(
+        objective="lambdarank",
+        n_estimators=500,
+        learning_rate=0.05,
+        num_leaves=31,
+        min_child_samples=20,
+        random_state=seed,
+        verbose=-1,
+    )
+    model.fit(
+        train.features,
+        train.main,
+        group=train.sizes,
+        eval_X=(vali.features,),
+        eval_y=(vali.main,),
+        eval_group=[vali.sizes],
+        eval_at=[10],
+        callbacks=[lgb.early_stopping(50, verbose=False)],
+    )
     return model.predict(test.features)
 
 
@@ -48,21 +63,27 @@ def main():
         parts = {s: RankingSet.load(args.data, s, schema, seed) for s in ("train", "vali", "test")}
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            model, _ = train_base(args.data, Path(tmp) / "base",
-                                  BaseConfig(epochs=args.epochs, batch_size=8, split_seed=seed, seed=seed,
-                                             patience=10, progress=False))
+            model, _ = train_base(
+                args.data,
+                Path(tmp) / "base",
+                BaseConfig(epochs=args.epochs, batch_size=8, split_seed=seed, seed=seed, patience=10, progress=False),
+            )
         t_ours = time.perf_counter() - t0
         ours = ndcg_report(parts["test"], score_base(model, parts["test"]))["main"]
         t0 = time.perf_counter()
         theirs = ndcg_report(parts["test"], lightgbm_scores(parts["train"], parts["vali"], parts["test"], seed))["main"]
         t_lgb = time.perf_counter() - t0
         rows.append((ours, theirs, t_ours, t_lgb))
-        print(f"split seed {seed}: cosdpo base NDCG@10 {ours:.4f} ({t_ours:.1f} s)   "
-              f"LightGBM lambdarank {theirs:.4f} ({t_lgb:.1f} s)")
+        print(
+            f"split seed {seed}: cosdpo base NDCG@10 {ours:.4f} ({t_ours:.1f} s)   "
+            f"LightGBM lambdarank {theirs:.4f} ({t_lgb:.1f} s)"
+        )
     r = np.array(rows)
-    print(f"\nmean over {args.seeds} splits: cosdpo base {r[:, 0].mean():.4f} +- {r[:, 0].std():.4f}, "
-          f"LightGBM {r[:, 1].mean():.4f} +- {r[:, 1].std():.4f}; ratio {r[:, 0].mean() / r[:, 1].mean():.3f}; "
-          f"wins {int((r[:, 0] >= r[:, 1]).sum())}/{args.seeds}")
+    print(
+        f"\nmean over {args.seeds} splits: cosdpo base {r[:, 0].mean():.4f} +- {r[:, 0].std():.4f}, "
+        f"LightGBM {r[:, 1].mean():.4f} +- {r[:, 1].std():.4f}; ratio {r[:, 0].mean() / r[:, 1].mean():.3f}; "
+        f"wins {int((r[:, 0] >= r[:, 1]).sum())}/{args.seeds}"
+    )
 
 
 if __name__ == "__main__":

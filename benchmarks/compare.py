@@ -40,15 +40,24 @@ def main():
     t0 = time.perf_counter()
     data = write_fold(out / "data", args.queries, args.seed)
     small = dict(d_model=16, n_heads=2, n_layers=1) if args.quick else {}
-    train_base(data, out / "base", BaseConfig(epochs=args.epochs, seed=args.seed, progress=False, **small),
-               overwrite=True)
-    train = FinetuneConfig(objectives=OBJECTIVES[:args.k], epochs=args.epochs, seed=args.seed, progress=False)
+    train_base(
+        data, out / "base", BaseConfig(epochs=args.epochs, seed=args.seed, progress=False, **small), overwrite=True
+    )
+    train = FinetuneConfig(objectives=OBJECTIVES[: args.k], epochs=args.epochs, seed=args.seed, progress=False)
     grid = args.grid or (None if args.k == 2 else 15)
-    result = compare(data, out / "base", out / "compare", CompareConfig(
-        train, grid=grid, overwrite=True, extra={"queries": args.queries, "benchmark": "benchmarks/compare.py"}))
+    result = compare(
+        data,
+        out / "base",
+        out / "compare",
+        CompareConfig(
+            train, grid=grid, overwrite=True, extra={"queries": args.queries, "benchmark": "benchmarks/compare.py"}
+        ),
+    )
     m = result["methods"]
     print(format_table(result))
-    print(f"\nK={args.k}, {len(result['weights'])} grid weights, {args.queries} queries, {args.epochs} epochs per model")
+    print(
+        f"\nK={args.k}, {len(result['weights'])} grid weights, {args.queries} queries, {args.epochs} epochs per model"
+    )
     print(f"hypervolume  wcos / ls = {m['wcos']['hypervolume'] / m['ls']['hypervolume']:.3f}")
     print(f"train time   wcos / ls = {m['wcos']['train_seconds'] / m['ls']['train_seconds']:.3f}")
     print(f"main NDCG@10 wcos - ls = {m['wcos']['main_ndcg']['mean'] - m['ls']['main_ndcg']['mean']:+.4f}")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from cosdpo.data.tokenize import PreferenceSet
 from cosdpo.data.preferences import load_preferences
+from cosdpo.data.tokenize import PreferenceSet
 from cosdpo.losses import response_window, sequence_logprobs
 from cosdpo.models.llm import load_base
 from cosdpo.training.llm import LLMConfig, build_policy
@@ -82,6 +82,7 @@ def main():
             for p in trainable:
                 p.grad = None
             return logp.detach()
+
         return run
 
     def score(window):
@@ -90,12 +91,15 @@ def main():
             b = batches[0]
             ids, attn, resp = b["input_ids"], b["attention_mask"], b["response_mask"]
             return sequence_logprobs(policy(ids, attn, w, response_window(resp) if window else 0), ids, resp)
+
         return run
 
     lengths = [int(b["attention_mask"].sum(1).max()) for b in batches]
     windows = [response_window(b["response_mask"]) for b in batches]
-    print(f"{a.batch} pairs a step, padded length {statistics.median(lengths):.0f}, response window "
-          f"{statistics.median(windows):.0f} (medians)")
+    print(
+        f"{a.batch} pairs a step, padded length {statistics.median(lengths):.0f}, response window "
+        f"{statistics.median(windows):.0f} (medians)"
+    )
     rows = {}
     for name, make in (("training step", step), ("scoring pass", score)):
         state["i"] = 0
@@ -104,8 +108,10 @@ def main():
         t_win, lp_win = timed(make(True), a.steps)
         err = float((lp_all - lp_win).abs().max())
         rows[name] = t_win / t_all
-        print(f"{name}: all positions {t_all:.3f} s, response window {t_win:.3f} s, ratio {t_win / t_all:.3f} "
-              f"(log-probs differ by at most {err:.2e})")
+        print(
+            f"{name}: all positions {t_all:.3f} s, response window {t_win:.3f} s, ratio {t_win / t_all:.3f} "
+            f"(log-probs differ by at most {err:.2e})"
+        )
         if err > 1e-3:
             sys.exit(f"{name}: the two ways disagree by {err}")
 

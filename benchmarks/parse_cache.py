@@ -48,8 +48,10 @@ def main():
         for f in files:
             first, second = timed_loads(f)
             size = f.stat().st_size / 1e6
-            print(f"{f.name:10} {size:7.1f} MB: parse {first:7.3f} s, cached {second:7.4f} s, "
-                  f"{first / second:6.1f}x faster")
+            print(
+                f"{f.name:10} {size:7.1f} MB: parse {first:7.3f} s, cached {second:7.4f} s, "
+                f"{first / second:6.1f}x faster"
+            )
 
 
 if __name__ == "__main__":

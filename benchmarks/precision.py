@@ -15,7 +15,6 @@ few nats).
 """
 
 import torch
-
 from logits_window import bench_args, hh_batches, timed
 
 from cosdpo.losses import response_window, sequence_logprobs

@@ -55,8 +55,10 @@ def main():
         cfg = FinetuneConfig(objectives=OBJECTIVES, epochs=args.epochs, progress=False, **small, **kw)
         return finetune(data, out / "base", out / name, cfg, overwrite=True)[0]
 
-    models = {(beta, seed): tune(f"wcos-b{beta}-s{seed}", beta=beta, seed=seed)
-              for beta, seed in itertools.product((0.5, 2.0), (0, 1))}
+    models = {
+        (beta, seed): tune(f"wcos-b{beta}-s{seed}", beta=beta, seed=seed)
+        for beta, seed in itertools.product((0.5, 2.0), (0, 1))
+    }
     tcos = tune("tcos", method="tcos")
     test = RankingSet.load(data, "test", tcos.schema)
     at_common = {key: ranker_front(m, test, beta=args.common) for key, m in models.items()}
@@ -66,19 +68,31 @@ def main():
         report["hypervolume"][f"beta={beta} seed={seed} -> {args.common}"] = f["hypervolume"]
     for seed in (0, 1):
         a, b = at_common[(0.5, seed)], at_common[(2.0, seed)]
-        report["cross_temperature"][f"seed {seed}"] = {"distance": distance(a, b),
-                                                       "hv_gap": abs(a["hypervolume"] - b["hypervolume"])}
+        report["cross_temperature"][f"seed {seed}"] = {
+            "distance": distance(a, b),
+            "hv_gap": abs(a["hypervolume"] - b["hypervolume"]),
+        }
     for beta in (0.5, 2.0):
         a, b = at_common[(beta, 0)], at_common[(beta, 1)]
-        report["seed_spread"][f"beta {beta}"] = {"distance": distance(a, b),
-                                                 "hv_gap": abs(a["hypervolume"] - b["hypervolume"])}
+        report["seed_spread"][f"beta {beta}"] = {
+            "distance": distance(a, b),
+            "hv_gap": abs(a["hypervolume"] - b["hypervolume"]),
+        }
 
     served = {bp: ranker_front(models[(0.5, 0)], test, beta=bp) for bp in (0.25, 0.5, 1.0, 2.0, 8.0)}
     tfronts = {bv: ranker_front(tcos, test, beta=list(bv)) for bv in BETA_VECTORS}
-    report["wcos_served"] = {str(bp): {"hypervolume": f["hypervolume"], "main_ndcg": f["main_ndcg"]["mean"],
-                                       "w=(0.5,0.5)": f["points"][5]} for bp, f in served.items()}
-    report["tcos"] = {str(bv): {"hypervolume": f["hypervolume"], "main_ndcg": f["main_ndcg"]["mean"],
-                                "centroid": np.mean(f["points"], axis=0).tolist()} for bv, f in tfronts.items()}
+    report["wcos_served"] = {
+        str(bp): {"hypervolume": f["hypervolume"], "main_ndcg": f["main_ndcg"]["mean"], "w=(0.5,0.5)": f["points"][5]}
+        for bp, f in served.items()
+    }
+    report["tcos"] = {
+        str(bv): {
+            "hypervolume": f["hypervolume"],
+            "main_ndcg": f["main_ndcg"]["mean"],
+            "centroid": np.mean(f["points"], axis=0).tolist(),
+        }
+        for bv, f in tfronts.items()
+    }
     report["base_point"] = tfronts[BETA_VECTORS[0]]["base_point"]
     write_json(out / "temperature.json", report)
 

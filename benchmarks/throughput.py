@@ -33,7 +33,7 @@ def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
     t0 = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
 def forward_flops(in_dim: int, cfg: ScorerConfig, B: int, L: int) -> float:

@@ -37,8 +37,14 @@ def pairs_for(path, tokenizer, n, length):
         prompt = tokenizer.apply_chat_template(list(p.prompt), add_generation_prompt=True, tokenize=False)
         n_tok = len(tokenizer(prompt + max(p.chosen, p.rejected, key=len))["input_ids"]) + 1
         if n_tok <= length:
-            out.append({"prompt": list(p.prompt), "chosen": [{"role": "assistant", "content": p.chosen}],
-                        "rejected": [{"role": "assistant", "content": p.rejected}], "pair": p})
+            out.append(
+                {
+                    "prompt": list(p.prompt),
+                    "chosen": [{"role": "assistant", "content": p.chosen}],
+                    "rejected": [{"role": "assistant", "content": p.rejected}],
+                    "pair": p,
+                }
+            )
         if len(out) == n:
             return out
     raise SystemExit("not enough short pairs")
@@ -61,14 +67,32 @@ def time_trl(model_name, rows, batch, length, steps, checkpointing):
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.t)
 
-    args = DPOConfig(output_dir="/tmp/trl-bench", per_device_train_batch_size=batch, max_steps=steps,
-                     max_length=length, beta=0.1, learning_rate=5e-4, use_cpu=True, bf16=False,
-                     report_to=[], save_strategy="no", logging_strategy="no", dataloader_num_workers=0,
-                     gradient_checkpointing=checkpointing)
+    args = DPOConfig(
+        output_dir="/tmp/trl-bench",
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        max_length=length,
+        beta=0.1,
+        learning_rate=5e-4,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        dataloader_num_workers=0,
+        gradient_checkpointing=checkpointing,
+    )
     ds = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
-    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Clock()],
-                         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=list(LORA_TARGETS),
-                                                lora_dropout=0.0, task_type="CAUSAL_LM"))
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=ds,
+        processing_class=tok,
+        callbacks=[Clock()],
+        peft_config=LoraConfig(
+            r=8, lora_alpha=16, target_modules=list(LORA_TARGETS), lora_dropout=0.0, task_type="CAUSAL_LM"
+        ),
+    )
     trainer.train()
     return times
 
@@ -83,9 +107,20 @@ def time_ours(model_name, rows, batch, length, steps):
             p = r["pair"]
             f.write(json.dumps({"prompt": list(p.prompt), "chosen": p.chosen, "rejected": p.rejected}) + "\n")
     # one shared LoRA and one w per step: the same adapter and loss shape as TRL's
-    cfg = LLMConfig(model=model_name, max_steps=steps, batch_size=batch, max_length=length, held_out=0.01,
-                    val_pairs=1, val_every=10**6, progress=False, lr=5e-4, lora_mix=False, weight_sampling="step",
-                    prompt_lr=0.0)
+    cfg = LLMConfig(
+        model=model_name,
+        max_steps=steps,
+        batch_size=batch,
+        max_length=length,
+        held_out=0.01,
+        val_pairs=1,
+        val_every=10**6,
+        progress=False,
+        lr=5e-4,
+        lora_mix=False,
+        weight_sampling="step",
+        prompt_lr=0.0,
+    )
     times, reference = [], []
     import cosdpo.training.llm as llm
     import cosdpo.training.loop as loop
@@ -96,6 +131,7 @@ def time_ours(model_name, rows, batch, length, steps):
             out = fn(*a, **k)
             into.append(time.perf_counter() - t)
             return out
+
         return run
 
     step, ref = loop.train_step, llm.reference_logprobs
@@ -126,12 +162,18 @@ if __name__ == "__main__":
     ours, reference = time_ours(name, rows, a.batch, a.length, a.steps)
     trl = time_trl(name, rows, a.batch, a.length, a.steps, a.trl_checkpointing)
     o, t = statistics.median(ours[1:]), statistics.median(trl[1:])
-    print(f"model {a.model}, batch {a.batch} pairs, <= {a.length} tokens, {a.steps} steps = one pass over "
-          f"{len(rows)} pairs, LoRA r=8, CPU float32, {torch.get_num_threads()} threads, TRL gradient "
-          f"checkpointing {'on' if a.trl_checkpointing else 'off'}")
-    print(f"Weight-COS-DPO step {o:.2f} s (steps {[round(x, 2) for x in ours]}); "
-          f"one-time reference pass {reference:.2f} s")
+    print(
+        f"model {a.model}, batch {a.batch} pairs, <= {a.length} tokens, {a.steps} steps = one pass over "
+        f"{len(rows)} pairs, LoRA r=8, CPU float32, {torch.get_num_threads()} threads, TRL gradient "
+        f"checkpointing {'on' if a.trl_checkpointing else 'off'}"
+    )
+    print(
+        f"Weight-COS-DPO step {o:.2f} s (steps {[round(x, 2) for x in ours]}); "
+        f"one-time reference pass {reference:.2f} s"
+    )
     print(f"TRL DPOTrainer step {t:.2f} s (steps {[round(x, 2) for x in trl]})")
     print(f"ratio ours / TRL, median step = {o / t:.3f} (target <= 0.8)")
-    print(f"ratio ours / TRL, all steps = {sum(ours) / sum(trl):.3f}; "
-          f"with the reference pass (one epoch) = {(sum(ours) + reference) / sum(trl):.3f}")
+    print(
+        f"ratio ours / TRL, all steps = {sum(ours) / sum(trl):.3f}; "
+        f"with the reference pass (one epoch) = {(sum(ours) + reference) / sum(trl):.3f}"
+    )

@@ -24,8 +24,11 @@ from cosdpo.training.ltr import FinetuneConfig
 
 def setting(text: str) -> dict:
     """'epochs=45,alpha=0.1' -> typed FinetuneConfig fields (the int, float and str ones)."""
-    types = {f.name: type(f.default) for f in fields(FinetuneConfig)
-             if type(f.default) in (int, float, str) and f.name != "seed"}  # --seed sets every model's
+    types = {
+        f.name: type(f.default)
+        for f in fields(FinetuneConfig)
+        if type(f.default) in (int, float, str) and f.name != "seed"
+    }  # --seed sets every model's
     out = {}
     for item in filter(None, text.split(",")):
         name, _, value = item.partition("=")
@@ -44,8 +47,13 @@ def main():
     ap.add_argument("--out", default=None, help="compare.py's --out (default runs/compare-kK)")
     ap.add_argument("--epochs", type=int, default=15, help="DPO-LS epochs per model, as in compare.py")
     ap.add_argument("--seed", type=int, default=0, help="training seed of every model (data and base: compare.py's)")
-    ap.add_argument("--wcos", action="append", type=setting, default=None,
-                    help="Weight-COS-DPO settings NAME=VALUE,...; repeat for several")
+    ap.add_argument(
+        "--wcos",
+        action="append",
+        type=setting,
+        default=None,
+        help="Weight-COS-DPO settings NAME=VALUE,...; repeat for several",
+    )
     ap.add_argument("--quick", action="store_true", help="one epoch each, on compare.py --quick's folder")
     args = ap.parse_args()
     if args.quick:
@@ -57,13 +65,20 @@ def main():
     runs = [("ls", dict(epochs=args.epochs))] + [("wcos", s) for s in args.wcos or [dict(epochs=45, patience=0)]]
     ls = None
     for i, (method, kw) in enumerate(runs):
-        cfg = FinetuneConfig(objectives=OBJECTIVES[:args.k], seed=args.seed, progress=False, **kw)
-        m = compare(out / "data", out / "base", out / f"budget-{i}", CompareConfig(
-            cfg, methods=(method,), grid=grid, overwrite=True))["methods"][method]
+        cfg = FinetuneConfig(objectives=OBJECTIVES[: args.k], seed=args.seed, progress=False, **kw)
+        m = compare(
+            out / "data",
+            out / "base",
+            out / f"budget-{i}",
+            CompareConfig(cfg, methods=(method,), grid=grid, overwrite=True),
+        )["methods"][method]
         ls = ls or m
-        print(f"{method:5s} {kw}: hypervolume {m['hypervolume']:.4f} ({m['hypervolume'] / ls['hypervolume']:.3f} of "
-              f"DPO-LS), main NDCG@10 {m['main_ndcg']['mean']:.4f}, train {m['train_seconds']:.1f} s "
-              f"({m['train_seconds'] / ls['train_seconds']:.3f} of DPO-LS)", flush=True)
+        print(
+            f"{method:5s} {kw}: hypervolume {m['hypervolume']:.4f} ({m['hypervolume'] / ls['hypervolume']:.3f} of "
+            f"DPO-LS), main NDCG@10 {m['main_ndcg']['mean']:.4f}, train {m['train_seconds']:.1f} s "
+            f"({m['train_seconds'] / ls['train_seconds']:.3f} of DPO-LS)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

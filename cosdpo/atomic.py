@@ -72,8 +72,12 @@ def check_format(saved: dict, expected: dict, path) -> None:
     line naming the file, not later as a missing key deep in loading.
     """
     if not isinstance(saved, dict) or saved.get("format") != expected["format"]:
-        raise ValueError(f"{path} is not a {expected['format']} file (its format is "
-                         f"{saved.get('format') if isinstance(saved, dict) else None!r})")
+        raise ValueError(
+            f"{path} is not a {expected['format']} file (its format is "
+            f"{saved.get('format') if isinstance(saved, dict) else None!r})"
+        )
     if saved.get("version") != expected["version"]:
-        raise ValueError(f"{path} has {expected['format']} version {saved.get('version')!r}; this cosdpo reads "
-                         f"version {expected['version']}")
+        raise ValueError(
+            f"{path} has {expected['format']} version {saved.get('version')!r}; this cosdpo reads "
+            f"version {expected['version']}"
+        )

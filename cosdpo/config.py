@@ -26,8 +26,16 @@ RUN_FILE = "run.yaml"
 PANELS = ("Data and output", "Method", "Model", "Training", "Evaluation", "Runtime", "Experimental")
 
 
-def option(default=dataclasses.MISSING, help: str = "", *, choices=None, panel: str = "Training", cli=True,
-           parse=None, default_factory=dataclasses.MISSING):
+def option(
+    default=dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices=None,
+    panel: str = "Training",
+    cli=True,
+    parse=None,
+    default_factory=dataclasses.MISSING,
+):
     """A config field with its help line.
 
     ``choices``: the allowed values (checked by ``check_choices``);
@@ -37,8 +45,7 @@ def option(default=dataclasses.MISSING, help: str = "", *, choices=None, panel: 
     """
     if panel not in PANELS:
         raise ValueError(f"unknown panel {panel!r}")
-    meta = {"help": help, "choices": tuple(choices) if choices else None, "panel": panel, "cli": cli,
-            "parse": parse}
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "panel": panel, "cli": cli, "parse": parse}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
 
 
@@ -65,6 +72,7 @@ def field_types(cls) -> dict[str, typing.Any]:
 
 def to_dict(cfg) -> dict:
     """The config as plain YAML/JSON values (tuples become lists)."""
+
     def plain(v):
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
@@ -109,8 +117,9 @@ def read_config(path) -> dict:
     try:
         values = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: not a valid {'TOML' if path.suffix == '.toml' else 'YAML'} file: "
-                         f"{str(exc).splitlines()[0]}") from None
+        raise ValueError(
+            f"{path}: not a valid {'TOML' if path.suffix == '.toml' else 'YAML'} file: {str(exc).splitlines()[0]}"
+        ) from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -122,14 +131,17 @@ def write_run_config(path, command: str, values: dict) -> None:
     """``run.yaml``: the command and every resolved value, which ``--config`` reads back."""
     from .atomic import atomic_file
 
-    header = (f"# The resolved config of this run. Repeat it with:\n"
-              f"#   cosdpo {command} --config {Path(path).name} --out NEW_FOLDER\n")
+    header = (
+        f"# The resolved config of this run. Repeat it with:\n"
+        f"#   cosdpo {command} --config {Path(path).name} --out NEW_FOLDER\n"
+    )
     body = yaml.safe_dump({"command": command} | values, sort_keys=False, default_flow_style=None, width=100)
     with atomic_file(path) as f:
         f.write((header + body).encode())
 
 
 # Recipes: config files shipped in cosdpo/recipes, each naming its command and what it is for.
+
 
 def _recipe_dir():
     return resources.files("cosdpo") / "recipes"

@@ -21,11 +21,13 @@ beta' = beta.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from .data.tokenize import prompt_ids
-from .simplex import check_simplex
 from .models.hpt import positions
+from .simplex import check_simplex
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -48,9 +50,21 @@ def _pick(logits, do_sample: bool, temperature: float, top_p: float, generator):
 
 
 @torch.no_grad()
-def generate_ids(policy, input_ids, attention_mask, w, *, ratio: float = 1.0, max_new_tokens: int = 64,
-                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                 eos_token_id: int | None = None, pad_token_id: int = 0) -> torch.Tensor:
+def generate_ids(
+    policy,
+    input_ids,
+    attention_mask,
+    w,
+    *,
+    ratio: float = 1.0,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    eos_token_id: int | None = None,
+    pad_token_id: int = 0,
+) -> torch.Tensor:
     """New token ids (B, <= max_new_tokens) for LEFT-padded prompts, under trade-off ``w``.
 
     ``ratio`` = beta / beta'; 1 serves the policy as trained, 0 serves the base alone.
@@ -58,7 +72,7 @@ def generate_ids(policy, input_ids, attention_mask, w, *, ratio: float = 1.0, ma
     lm, B = policy.model, input_ids.shape[0]
     embeds, mask, rows = policy._inputs(input_ids, attention_mask, w)
     base_mask = mask.clone()
-    base_mask[:, :policy.cfg.n_tokens] = 0  # the base rows do not see the prefix
+    base_mask[:, : policy.cfg.n_tokens] = 0  # the base rows do not see the prefix
     mix = ratio not in (0.0, 1.0)  # 0: the base alone, 1: the policy alone
     kwargs = {}
     if mix:
@@ -70,6 +84,8 @@ def generate_ids(policy, input_ids, attention_mask, w, *, ratio: float = 1.0, ma
     if hasattr(lm, "peft_config") and ratio != 1.0 and policy.lora_mix is None:
         kwargs["adapter_names"] = ([lm.active_adapter] * B if mix else []) + [BASE_ADAPTER] * B
     generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+    # the KV cache's name: ``cache`` in current transformers, ``past_key_values`` (now deprecated) before
+    cache_name = "cache" if "cache" in inspect.signature(policy._transformer.forward).parameters else "past_key_values"
     pos = positions(mask)
     with policy.autocast(input_ids.device), policy.lora_weights(rows):  # precision: HPTModel.set_compute
         out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
@@ -90,8 +106,14 @@ def generate_ids(policy, input_ids, attention_mask, w, *, ratio: float = 1.0, ma
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = pos[:, -1:] + 1
         with policy.autocast(input_ids.device), policy.lora_weights(rows):
-            out = lm(input_ids=step[:, None], attention_mask=mask, position_ids=pos,
-                     past_key_values=out.past_key_values, use_cache=True, **kwargs)
+            out = lm(
+                input_ids=step[:, None],
+                attention_mask=mask,
+                position_ids=pos,
+                **{cache_name: getattr(out, cache_name)},
+                use_cache=True,
+                **kwargs,
+            )
     return torch.stack(new, dim=1) if new else input_ids.new_zeros((B, 0))
 
 
@@ -102,14 +124,27 @@ def encode_prompts(tokenizer, prompts, device="cpu"):
     ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), T), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, T - len(r):] = torch.tensor(r)
-        mask[i, T - len(r):] = 1
+        ids[i, T - len(r) :] = torch.tensor(r)
+        mask[i, T - len(r) :] = 1
     return ids.to(device), mask.to(device)
 
 
-def generate(policy, tokenizer, prompts, weights, *, beta: float = 1.0, beta_prime: float | None = None,
-             max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-             seed: int = 0, batch_size: int = 8, reference: bool = False) -> list[str]:
+def generate(
+    policy,
+    tokenizer,
+    prompts,
+    weights,
+    *,
+    beta: float = 1.0,
+    beta_prime: float | None = None,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    reference: bool = False,
+) -> list[str]:
     """Responses to ``prompts`` under trade-off ``weights`` (and temperature beta', if given).
 
     ``beta`` is the temperature the policy was trained at (``policy.json``);
@@ -120,9 +155,20 @@ def generate(policy, tokenizer, prompts, weights, *, beta: float = 1.0, beta_pri
     device = next(policy.parameters()).device
     texts = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = encode_prompts(tokenizer, prompts[start:start + batch_size], device)
-        new = generate_ids(policy, ids, mask, w.to(device), ratio=ratio, max_new_tokens=max_new_tokens,
-                           do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed + start,
-                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        ids, mask = encode_prompts(tokenizer, prompts[start : start + batch_size], device)
+        new = generate_ids(
+            policy,
+            ids,
+            mask,
+            w.to(device),
+            ratio=ratio,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed + start,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         texts += tokenizer.batch_decode(new, skip_special_tokens=True)
     return [t.strip() for t in texts]

@@ -32,14 +32,35 @@ from .models.llm import DEFAULT_MODEL, load_base
 from .training.llm import LLMConfig, finetune_llm
 
 TRAIN_PROMPTS = [
-    "What is photosynthesis?", "How do I make a cup of tea?", "Why is the sky blue?", "What is a black hole?",
-    "How do vaccines work?", "What causes rain?", "How does a bicycle stay upright?", "What is inflation?",
-    "Why do cats purr?", "How do airplanes fly?", "What is machine learning?", "How do bees make honey?",
-    "What is the moon made of?", "Why do leaves change colour in autumn?", "How does a fridge keep food cold?",
-    "What is a volcano?", "How do I start running?", "What is DNA?", "Why do we sleep?", "How do magnets work?",
+    "What is photosynthesis?",
+    "How do I make a cup of tea?",
+    "Why is the sky blue?",
+    "What is a black hole?",
+    "How do vaccines work?",
+    "What causes rain?",
+    "How does a bicycle stay upright?",
+    "What is inflation?",
+    "Why do cats purr?",
+    "How do airplanes fly?",
+    "What is machine learning?",
+    "How do bees make honey?",
+    "What is the moon made of?",
+    "Why do leaves change colour in autumn?",
+    "How does a fridge keep food cold?",
+    "What is a volcano?",
+    "How do I start running?",
+    "What is DNA?",
+    "Why do we sleep?",
+    "How do magnets work?",
 ]
-TEST_PROMPTS = ["What is gravity?", "How do plants drink water?", "What is a computer virus?",
-                "Why is the ocean salty?", "How do I boil an egg?", "What are clouds made of?"]
+TEST_PROMPTS = [
+    "What is gravity?",
+    "How do plants drink water?",
+    "What is a computer virus?",
+    "Why is the ocean salty?",
+    "How do I boil an egg?",
+    "What are clouds made of?",
+]
 
 
 def brevity(prompt, response: str) -> float:
@@ -76,8 +97,18 @@ def make_pairs(prompts, answers, out_dir: Path) -> str:
     return ",".join(f"{k}={v}" for k, v in files.items())
 
 
-def run_llm_demo(out, *, model: str = DEFAULT_MODEL, samples: int = 4, steps: int = 30, new_tokens: int = 48,
-                 lr: float = 1e-3, seed: int = 0, progress: bool = True, log=print) -> dict:
+def run_llm_demo(
+    out,
+    *,
+    model: str = DEFAULT_MODEL,
+    samples: int = 4,
+    steps: int = 30,
+    new_tokens: int = 48,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+    log=print,
+) -> dict:
     out = Path(out)
     t0 = time.perf_counter()
     base, tokenizer = load_base(model)
@@ -86,34 +117,78 @@ def run_llm_demo(out, *, model: str = DEFAULT_MODEL, samples: int = 4, steps: in
     answers = [[] for _ in TRAIN_PROMPTS]
     for k in range(samples):
         asked = [p + BRIEF for p in TRAIN_PROMPTS] if k % 2 else TRAIN_PROMPTS
-        texts = generate(sampler, tokenizer, asked, [1.0], reference=True, max_new_tokens=new_tokens,
-                         do_sample=True, temperature=1.0, top_p=0.95, seed=seed + 1000 * k, batch_size=20)
+        texts = generate(
+            sampler,
+            tokenizer,
+            asked,
+            [1.0],
+            reference=True,
+            max_new_tokens=new_tokens,
+            do_sample=True,
+            temperature=1.0,
+            top_p=0.95,
+            seed=seed + 1000 * k,
+            batch_size=20,
+        )
         for row, t in zip(answers, texts):
             row.append(t)
     spec = make_pairs(TRAIN_PROMPTS, answers, out / "data")
     t1 = time.perf_counter()
     log(f"sampled {samples} answers to {len(TRAIN_PROMPTS)} prompts in {t1 - t0:.0f} s")
     # 2. one conditioned policy for both objectives
-    cfg = LLMConfig(model=model, max_steps=steps, batch_size=4, max_length=160, held_out=0.1, val_pairs=8,
-                    lr=lr, beta=0.1, alpha=0.3, seed=seed, val_every=10**6, progress=progress)
+    cfg = LLMConfig(
+        model=model,
+        max_steps=steps,
+        batch_size=4,
+        max_length=160,
+        held_out=0.1,
+        val_pairs=8,
+        lr=lr,
+        beta=0.1,
+        alpha=0.3,
+        seed=seed,
+        val_every=10**6,
+        progress=progress,
+        # the setting the demo's figures were measured with (docs/llm.md): both objectives judge the
+        # same answers, so one shared LoRA and one w per step serve
+        lora_mix=False,
+        weight_sampling="step",
+        prompt_mask="linear",
+        prompt_lr=0.0,
+    )
     policy, metrics = finetune_llm(spec, out / "policy", cfg, overwrite=True, base=(base, tokenizer), log=log)
     t2 = time.perf_counter()
     # 3. greedy answers on unseen prompts under three trade-offs, and the base's
     grid = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
     front = generation_front(
         lambda w: generate(policy, tokenizer, TEST_PROMPTS, w, beta=cfg.beta, max_new_tokens=new_tokens * 2),
-        TEST_PROMPTS, grid, SCORERS)
+        TEST_PROMPTS,
+        grid,
+        SCORERS,
+    )
     base_texts = generate(policy, tokenizer, TEST_PROMPTS, [0.5, 0.5], reference=True, max_new_tokens=new_tokens * 2)
-    front["base_point"] = [float(np.mean([f(p, r) for p, r in zip(TEST_PROMPTS, base_texts)]))
-                           for f in SCORERS.values()]
+    front["base_point"] = [
+        float(np.mean([f(p, r) for p, r in zip(TEST_PROMPTS, base_texts)])) for f in SCORERS.values()
+    ]
     front["base_samples"] = base_texts
     front["mean_words"] = [float(np.mean([len(r.split()) for r in s])) for s in front["samples"]]
     front["base_mean_words"] = float(np.mean([len(r.split()) for r in base_texts]))
     t3 = time.perf_counter()
-    result = {"front": front, "prompts": TEST_PROMPTS, "train_metrics": metrics,
-              "seconds": {"sampling": round(t1 - t0, 1), "training": round(t2 - t1, 1),
-                          "generation": round(t3 - t2, 1), "total": round(t3 - t0, 1)}}
+    result = {
+        "front": front,
+        "prompts": TEST_PROMPTS,
+        "train_metrics": metrics,
+        "seconds": {
+            "sampling": round(t1 - t0, 1),
+            "training": round(t2 - t1, 1),
+            "generation": round(t3 - t2, 1),
+            "total": round(t3 - t0, 1),
+        },
+    }
     write_json(out / "demo.json", result)
-    plot_fronts({"Weight-COS-DPO, greedy answers": front}, out / "front.png",
-                title="Held-out prompts: mean answer scores at each w")
+    plot_fronts(
+        {"Weight-COS-DPO, greedy answers": front},
+        out / "front.png",
+        title="Held-out prompts: mean answer scores at each w",
+    )
     return result

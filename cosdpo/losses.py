@@ -134,10 +134,12 @@ def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_ma
     DPO take.
     """
     offset = input_ids.shape[1] - logits.shape[1]
-    if offset < 0 or bool(response_mask[:, :offset + 1].any()):
-        raise ValueError(f"logits for the last {logits.shape[1]} of {input_ids.shape[1]} positions miss response "
-                         f"tokens (see response_window)")
+    if offset < 0 or bool(response_mask[:, : offset + 1].any()):
+        raise ValueError(
+            f"logits for the last {logits.shape[1]} of {input_ids.shape[1]} positions miss response "
+            f"tokens (see response_window)"
+        )
     # at least float32: summing a few hundred bf16 log-probs loses the margin DPO looks at
     logp = torch.log_softmax(logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-    token = logp.gather(-1, input_ids[:, offset + 1:, None]).squeeze(-1)
-    return torch.where(response_mask[:, offset + 1:], token, torch.zeros_like(token)).sum(dim=-1)
+    token = logp.gather(-1, input_ids[:, offset + 1 :, None]).squeeze(-1)
+    return torch.where(response_mask[:, offset + 1 :], token, torch.zeros_like(token)).sum(dim=-1)

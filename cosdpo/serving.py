@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .simplex import check_simplex
 from .models.ranker import BaseRanker, ConditionedRanker
+from .simplex import check_simplex
 
 
 def _inputs(model, items) -> torch.Tensor:
@@ -17,8 +17,10 @@ def _inputs(model, items) -> torch.Tensor:
     if X.shape[1] == schema.n_features:
         X = X[:, np.asarray(schema.inputs) - 1]
     elif X.shape[1] != len(schema.inputs):
-        raise ValueError(f"items have {X.shape[1]} features; the model takes either the full LETOR row "
-                         f"({schema.n_features}) or its {len(schema.inputs)} input features")
+        raise ValueError(
+            f"items have {X.shape[1]} features; the model takes either the full LETOR row "
+            f"({schema.n_features}) or its {len(schema.inputs)} input features"
+        )
     return torch.from_numpy(np.ascontiguousarray(X))[None]
 
 

@@ -18,31 +18,50 @@ FT = dict(objectives=("quality1", "quality2"), batch_size=8, epochs=2, **TINY)
 @pytest.fixture(scope="module")
 def singles(tiny_fold, tiny_base, tmp_path_factory):
     out = tmp_path_factory.mktemp("singles")
-    return [finetune(tiny_fold, tiny_base, out / f"e{k}",
-                     FinetuneConfig(method="ls", fixed_weights=tuple(np.eye(2)[k]), penalty=0.0, **FT))[0]
-            for k in range(2)]
+    return [
+        finetune(
+            tiny_fold,
+            tiny_base,
+            out / f"e{k}",
+            FinetuneConfig(method="ls", fixed_weights=tuple(np.eye(2)[k]), penalty=0.0, **FT),
+        )[0]
+        for k in range(2)
+    ]
 
 
 def test_soup_at_a_corner_is_that_model(tiny_fold, singles):
     test = RankingSet.load(tiny_fold, "test", singles[0].schema)
     for k in range(2):
         w = np.eye(2)[k]
-        np.testing.assert_array_equal(score_conditioned(soup(singles, w), test, [w])[0],
-                                      score_conditioned(singles[k], test, [w])[0])
+        np.testing.assert_array_equal(
+            score_conditioned(soup(singles, w), test, [w])[0], score_conditioned(singles[k], test, [w])[0]
+        )
     mid = soup(singles, [0.25, 0.75])
     for name, p in mid.net.state_dict().items():
-        torch.testing.assert_close(p, 0.25 * singles[0].net.state_dict()[name] + 0.75 * singles[1].net.state_dict()[name])
-    assert not np.array_equal(score_conditioned(mid, test, [[0.25, 0.75]])[0],
-                              score_conditioned(singles[0], test, [[1, 0]])[0])
+        torch.testing.assert_close(
+            p, 0.25 * singles[0].net.state_dict()[name] + 0.75 * singles[1].net.state_dict()[name]
+        )
+    assert not np.array_equal(
+        score_conditioned(mid, test, [[0.25, 0.75]])[0], score_conditioned(singles[0], test, [[1, 0]])[0]
+    )
 
 
 def test_modpo_with_one_objective_is_lipo(tiny_fold, tiny_base, tmp_path):
     one = dict(FT, objectives=("quality1",))
-    single, _ = finetune(tiny_fold, tiny_base, tmp_path / "lipo",
-                         FinetuneConfig(method="ls", fixed_weights=(1.0,), penalty=0.0, **one))
-    finetune(tiny_fold, tiny_base, tmp_path / "modpo", FinetuneConfig(method="modpo", fixed_weights=(1.0,), **one),
-             single_models=[single])
-    a, b = load_file(str(tmp_path / "lipo" / "model.safetensors")), load_file(str(tmp_path / "modpo" / "model.safetensors"))
+    single, _ = finetune(
+        tiny_fold, tiny_base, tmp_path / "lipo", FinetuneConfig(method="ls", fixed_weights=(1.0,), penalty=0.0, **one)
+    )
+    finetune(
+        tiny_fold,
+        tiny_base,
+        tmp_path / "modpo",
+        FinetuneConfig(method="modpo", fixed_weights=(1.0,), **one),
+        single_models=[single],
+    )
+    a, b = (
+        load_file(str(tmp_path / "lipo" / "model.safetensors")),
+        load_file(str(tmp_path / "modpo" / "model.safetensors")),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -72,7 +91,7 @@ def test_compare_writes_every_method_side_by_side(tiny_fold, tiny_base, tmp_path
     result = compare(tiny_fold, tiny_base, tmp_path / "c", CompareConfig(FinetuneConfig(**FT), grid=5))
     saved = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert list(saved["methods"]) == ["wcos", "ls", "soup", "modpo"] and len(saved["weights"]) == 5
-    for method, f in saved["methods"].items():
+    for f in saved["methods"].values():
         assert {"hypervolume", "main_ndcg", "train_seconds", "trainable_params", "points", "weights"} <= set(f)
         assert np.asarray(f["points"]).shape == (5, 2) and f["train_seconds"] > 0
     m = saved["methods"]

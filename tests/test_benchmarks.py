@@ -19,8 +19,13 @@ SCRIPTS = sorted(p.name for p in BENCH.glob("*.py"))
 
 
 def bench(script, *args, cwd):
-    res = subprocess.run([sys.executable, str(BENCH / script), "--quick", *map(str, args)], cwd=cwd,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     return res.stdout
 
@@ -65,8 +70,19 @@ def test_llm_benchmarks(tiny_llm, tmp_path):
     out = bench("hh_front.py", "--model", tiny_llm, "--data", HH, "--out", tmp_path / "hh", cwd=tmp_path)
     assert 0 <= number(r"hypervolume ([\d.]+)", out) <= 1
     assert "length-balanced accuracy" in out
-    res = subprocess.run([sys.executable, str(BENCH / "hh_front.py"), "--summarize", str(tmp_path / "hh" / "front.json"),
-                          "--plot", str(tmp_path / "mean.png")], capture_output=True, text=True, cwd=tmp_path)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "hh_front.py"),
+            "--summarize",
+            str(tmp_path / "hh" / "front.json"),
+            "--plot",
+            str(tmp_path / "mean.png"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0 and "1 runs; mean held-out accuracy" in res.stdout, res.stderr[-2000:]
 
 

@@ -47,8 +47,10 @@ def test_recipes_are_listed_and_each_builds_its_config():
     for name, values in found.items():
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert f"cosdpo {values['command']}" in line and values["description"][:30] in line
-        cfg = from_dict(CONFIGS[values["command"]],
-                        {k: v for k, v in values.items() if k not in INPUTS | {"command", "description"}})
+        cfg = from_dict(
+            CONFIGS[values["command"]],
+            {k: v for k, v in values.items() if k not in INPUTS | {"command", "description"}},
+        )
         for key, value in values.items():  # every value of the file reached the config
             if hasattr(cfg, key):
                 assert to_dict(cfg)[key] == value, (name, key)
@@ -67,8 +69,27 @@ def test_every_option_has_one_line_of_help():
 
 def test_a_run_repeated_from_its_run_yaml_is_the_same_run(tiny_fold, tiny_base, tmp_path):
     first = tmp_path / "first"
-    ok(["ltr", "finetune", "--data", tiny_fold, "--base", tiny_base, "--objectives", "quality1,url_clicks",
-        "--out", first, "--epochs", "2", "--alpha", "0.5", "--grades", "url_clicks=log2", *SMALL])
+    ok(
+        [
+            "ltr",
+            "finetune",
+            "--data",
+            tiny_fold,
+            "--base",
+            tiny_base,
+            "--objectives",
+            "quality1,url_clicks",
+            "--out",
+            first,
+            "--epochs",
+            "2",
+            "--alpha",
+            "0.5",
+            "--grades",
+            "url_clicks=log2",
+            *SMALL,
+        ]
+    )
     written = read_config(first / "run.yaml")
     assert written["command"] == "ltr finetune" and written["alpha"] == 0.5 and written["epochs"] == 2
     assert written["objectives"] == ["quality1", "url_clicks"] and written["grades"] == {"url_clicks": "log2"}
@@ -85,8 +106,25 @@ def test_a_run_repeated_from_its_run_yaml_is_the_same_run(tiny_fold, tiny_base, 
 
 def test_recipe_then_file_then_command_line(tiny_fold, tiny_base, tmp_path):
     (tmp_path / "c.toml").write_text('epochs = 1\nalpha = 0.2\nobjectives = ["quality1", "quality2"]\n')
-    ok(["ltr", "finetune", "--recipe", "mslr-k2", "--config", tmp_path / "c.toml", "--data", tiny_fold, "--base",
-        tiny_base, "--out", tmp_path / "m", "--alpha", "0.1", *SMALL])
+    ok(
+        [
+            "ltr",
+            "finetune",
+            "--recipe",
+            "mslr-k2",
+            "--config",
+            tmp_path / "c.toml",
+            "--data",
+            tiny_fold,
+            "--base",
+            tiny_base,
+            "--out",
+            tmp_path / "m",
+            "--alpha",
+            "0.1",
+            *SMALL,
+        ]
+    )
     got = read_config(tmp_path / "m" / "run.yaml")
     assert got["patience"] == 0  # the recipe's
     assert got["epochs"] == 1  # the file's over the recipe's 45
@@ -94,31 +132,75 @@ def test_recipe_then_file_then_command_line(tiny_fold, tiny_base, tmp_path):
     assert got["data"] == str(tiny_fold)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("epochs: 2\nalpah: 0.1\n", "unknown option(s) ['alpah']"),
-    ("command: llm finetune\n", "is for `cosdpo llm finetune`, not `cosdpo ltr finetune`"),
-    ("epochs: [1\n", "not a valid YAML file"),
-    ("- 1\n- 2\n", "a config file holds option: value lines"),
-    ("objectives: [quality1]\nalpha: .nan\n", "alpha must be finite"),
-    ("objectives: [quality1]\nmethod: modpo\nfixed_weights: [1.0]\n", "method must be one of wcos, tcos, ls"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("epochs: 2\nalpah: 0.1\n", "unknown option(s) ['alpah']"),
+        ("command: llm finetune\n", "is for `cosdpo llm finetune`, not `cosdpo ltr finetune`"),
+        ("epochs: [1\n", "not a valid YAML file"),
+        ("- 1\n- 2\n", "a config file holds option: value lines"),
+        ("objectives: [quality1]\nalpha: .nan\n", "alpha must be finite"),
+        ("objectives: [quality1]\nmethod: modpo\nfixed_weights: [1.0]\n", "method must be one of wcos, tcos, ls"),
+    ],
+)
 def test_bad_config_files_are_one_line(tiny_fold, tmp_path, text, message):
     (tmp_path / "c.yaml").write_text(text)
-    out = fail(["ltr", "finetune", "--config", tmp_path / "c.yaml", "--data", tiny_fold, "--base", tmp_path,
-                "--out", tmp_path / "o"])
+    out = fail(
+        [
+            "ltr",
+            "finetune",
+            "--config",
+            tmp_path / "c.yaml",
+            "--data",
+            tiny_fold,
+            "--base",
+            tmp_path,
+            "--out",
+            tmp_path / "o",
+        ]
+    )
     assert message in out and "Traceback" not in out and not (tmp_path / "o").exists()
 
 
 def test_compare_takes_no_method_and_finetune_no_modpo(tiny_fold, tmp_path):
     assert "No such option" in runner.invoke(app, ["ltr", "compare", "--method", "tcos"]).output
-    out = fail(["ltr", "finetune", "--data", tiny_fold, "--base", tmp_path, "--objectives", "quality1", "--out",
-                tmp_path / "o", "--method", "modpo"])
+    out = fail(
+        [
+            "ltr",
+            "finetune",
+            "--data",
+            tiny_fold,
+            "--base",
+            tmp_path,
+            "--objectives",
+            "quality1",
+            "--out",
+            tmp_path / "o",
+            "--method",
+            "modpo",
+        ]
+    )
     assert "method must be one of wcos, tcos, ls" in out
 
 
 def test_llm_run_repeated_from_its_run_yaml(tiny_llm, tiny_pairs, tmp_path):
-    args = ["--model", tiny_llm, "--data", tiny_pairs, "--max-steps", "3", "--batch-size", "4", "--lora-rank", "2",
-            "--prompt-tokens", "2", "--held-out", "0.25", "--no-progress"]
+    args = [
+        "--model",
+        tiny_llm,
+        "--data",
+        tiny_pairs,
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--lora-rank",
+        "2",
+        "--prompt-tokens",
+        "2",
+        "--held-out",
+        "0.25",
+        "--no-progress",
+    ]
     ok(["llm", "finetune", "--out", tmp_path / "a", *args])
     ok(["llm", "finetune", "--config", tmp_path / "a" / "run.yaml", "--out", tmp_path / "b"])
     assert (tmp_path / "a" / "run.yaml").read_text() == (tmp_path / "b" / "run.yaml").read_text()
@@ -135,9 +217,25 @@ def test_hh_recipe_needs_no_other_flag(tiny_llm, tmp_path):
     """The recipe alone sets the setting whose front follows w (the model is swapped for a tiny one, and the
     run cut to two steps, only to keep the test short)."""
     hh = SHARED / "hh-rlhf"
-    ok(["llm", "finetune", "--recipe", "hh-rlhf-cpu", "--data",
-        f"helpful={hh / 'helpful.jsonl.gz'},harmless={hh / 'harmless.jsonl.gz'}", "--out", tmp_path / "hh",
-        "--model", tiny_llm, "--max-steps", "2", "--max-pairs", "8", "--no-progress"])
+    ok(
+        [
+            "llm",
+            "finetune",
+            "--recipe",
+            "hh-rlhf-cpu",
+            "--data",
+            f"helpful={hh / 'helpful.jsonl.gz'},harmless={hh / 'harmless.jsonl.gz'}",
+            "--out",
+            tmp_path / "hh",
+            "--model",
+            tiny_llm,
+            "--max-steps",
+            "2",
+            "--max-pairs",
+            "8",
+            "--no-progress",
+        ]
+    )
     got = yaml.safe_load((tmp_path / "hh" / "run.yaml").read_text())
     assert got["format"] == "hh" and got["lora_mix"] and got["weight_sampling"] == "pair"
     assert got["prompt_mask"] == "tanh" and got["precision"] == "bf16" and got["max_length"] == 160
@@ -163,9 +261,12 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_layers_import_one_way():
-    for layer, forbidden in (("data", ("models", "losses", "training", "evaluation", "cli")),
-                             ("models", ("training", "evaluation", "cli")),
-                             ("evaluation", ("training", "cli")), ("training", ("cli",))):
+    for layer, forbidden in (
+        ("data", ("models", "losses", "training", "evaluation", "cli")),
+        ("models", ("training", "evaluation", "cli")),
+        ("evaluation", ("training", "cli")),
+        ("training", ("cli",)),
+    ):
         for path in (ROOT / "cosdpo" / layer).glob("*.py"):
             bad = [m for m in _imports(path) if m.split(".")[1:2] and m.split(".")[1] in forbidden]
             assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
@@ -176,15 +277,26 @@ def test_layers_import_one_way():
 
 def test_importing_cosdpo_leaves_matplotlibs_backend_alone():
     code = "import matplotlib; b = matplotlib.get_backend(); import cosdpo; assert matplotlib.get_backend() == b"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={"MPLBACKEND": "svg", "PATH": ""})
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"MPLBACKEND": "svg", "PATH": ""}
+    )
     assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_no_file_cites_an_issue_or_a_file_outside_the_repository():
     pattern = re.compile(r"(?i:issue #?\d+)|METHOD\.md|\.\./shared/(?!data)")
-    files = [*ROOT.glob("cosdpo/**/*.py"), *ROOT.glob("cosdpo/**/*.yaml"), *ROOT.glob("docs/**/*.md"),
-             ROOT / "README.md", *ROOT.glob("benchmarks/*.py"), *ROOT.glob("tests/*.py")]
-    hits = [f"{p.relative_to(ROOT)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
-            if pattern.search(line)]
+    files = [
+        *ROOT.glob("cosdpo/**/*.py"),
+        *ROOT.glob("cosdpo/**/*.yaml"),
+        *ROOT.glob("docs/**/*.md"),
+        ROOT / "README.md",
+        *ROOT.glob("benchmarks/*.py"),
+        *ROOT.glob("tests/*.py"),
+    ]
+    hits = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in files
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert not hits, hits

@@ -73,17 +73,20 @@ def _bad(tmp_path, text):
     return p
 
 
-@pytest.mark.parametrize("text, line, words", [
-    ("# header\n1 qid:1 1:0.5 2:1\n\n2 qid:1 1:abc\n", 4, "not a number"),
-    ("1 qid:1 1:0.5\n1 qid:1 2:0.1 1:0.3\n", 2, "rise"),
-    ("1 qid:1 1:0.5\nx qid:1 1:1\n", 2, "label"),
-    ("1 qid:1 1:0.5\n2 1:0.3\n", 2, "missing qid"),
-    ("1 qid:1 1:0.5\n# c\n0 qid:2 1:nan\n", 3, "NaN"),
-    ("1 qid:1 1:0.5\n0 qid:2 1:inf\n", 2, "NaN or infinite"),
-    ("1 qid:1 1:0.5\n7 qid:2 1:1\n", 2, "out of range"),
-    ("1 qid:1 1:0.5\n1.5 qid:2 1:1\n", 2, "out of range"),
-    ("1 qid:1 1:0.5\n1 qid:2 1:1 5:2\n", 2, "beyond the schema"),
-])
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ("# header\n1 qid:1 1:0.5 2:1\n\n2 qid:1 1:abc\n", 4, "not a number"),
+        ("1 qid:1 1:0.5\n1 qid:1 2:0.1 1:0.3\n", 2, "rise"),
+        ("1 qid:1 1:0.5\nx qid:1 1:1\n", 2, "label"),
+        ("1 qid:1 1:0.5\n2 1:0.3\n", 2, "missing qid"),
+        ("1 qid:1 1:0.5\n# c\n0 qid:2 1:nan\n", 3, "NaN"),
+        ("1 qid:1 1:0.5\n0 qid:2 1:inf\n", 2, "NaN or infinite"),
+        ("1 qid:1 1:0.5\n7 qid:2 1:1\n", 2, "out of range"),
+        ("1 qid:1 1:0.5\n1.5 qid:2 1:1\n", 2, "out of range"),
+        ("1 qid:1 1:0.5\n1 qid:2 1:1 5:2\n", 2, "beyond the schema"),
+    ],
+)
 def test_bad_input_names_file_and_line(tmp_path, text, line, words):
     p = _bad(tmp_path, text)
     with pytest.raises(DataError, match=words) as err:
@@ -129,8 +132,9 @@ def test_schema_names_and_feature_indices():
 def test_grade_transforms():
     v = np.array([0, 1, 7, 8, 63, 64, 511, 512, 1e6])
     np.testing.assert_array_equal(apply_grade_transform("log8", v), [0, 1, 1, 2, 2, 3, 3, 4, 4])
-    np.testing.assert_array_equal(apply_grade_transform("linear:0:255", np.array([0, 50, 51, 254, 300])),
-                                  [0, 0, 1, 4, 4])
+    np.testing.assert_array_equal(
+        apply_grade_transform("linear:0:255", np.array([0, 50, 51, 254, 300])), [0, 0, 1, 4, 4]
+    )
     np.testing.assert_array_equal(apply_grade_transform("identity", np.array([-1, 2.4, 9])), [0, 2, 4])
     assert parse_grade_overrides("a=log2, b=linear:1:254") == {"a": "log2", "b": "linear:1:254"}
     for bad in ("log1", "linear:5:1", "sqrt"):
@@ -150,8 +154,11 @@ def test_synthetic_data_is_seeded_and_conflicting():
     # within a query, quality1 and quality2 disagree beyond what relevance explains
     q1g = apply_grade_transform("log4", X1[:, 131])
     q2g = apply_grade_transform("log4", X1[:, 132])
-    res = [np.corrcoef(a - a.mean(), b - b.mean())[0, 1] for a, b in
-           ((q1g[q1 == q], q2g[q1 == q]) for q in range(1, 201)) if a.std() > 0 and b.std() > 0]
+    res = [
+        np.corrcoef(a - a.mean(), b - b.mean())[0, 1]
+        for a, b in ((q1g[q1 == q], q2g[q1 == q]) for q in range(1, 201))
+        if a.std() > 0 and b.std() > 0
+    ]
     assert np.mean(res) < 0
 
 
@@ -182,4 +189,4 @@ def test_eval_batches_cover_every_group_once_within_the_budget(tmp_path):
     assert sorted(np.concatenate(batches).tolist()) == list(range(len(rs)))
     for b in batches:
         assert len(b) * rs.sizes[b].max() <= 60 or len(b) == 1
-    assert len(rs.eval_batches(10 ** 9)) == 1
+    assert len(rs.eval_batches(10**9)) == 1

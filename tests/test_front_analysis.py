@@ -14,8 +14,12 @@ from cosdpo.evaluation import front_analysis as hh_front
 
 
 def _front(margins_by_w, objective):
-    return {"objectives": ["helpful", "harmless"], "weights": [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]],
-            "pair_margins": margins_by_w, "pair_objective": objective}
+    return {
+        "objectives": ["helpful", "harmless"],
+        "weights": [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]],
+        "pair_margins": margins_by_w,
+        "pair_objective": objective,
+    }
 
 
 def test_length_split_tells_a_length_only_corner_from_one_that_learned_the_objective():
@@ -31,8 +35,7 @@ def test_length_split_tells_a_length_only_corner_from_one_that_learned_the_objec
     assert got["harmless"]["other"] == (1.0, 1.0)
     assert got["helpful"]["own"] == (1.0, 1.0) and got["helpful"]["pairs"] == (1, 1)
     # Length alone: chosen longer on half of each objective's pairs.
-    assert hh_front.longer_wins(gap, np.array(objective), ["helpful", "harmless"]) == {"helpful": 0.5,
-                                                                                       "harmless": 0.5}
+    assert hh_front.longer_wins(gap, np.array(objective), ["helpful", "harmless"]) == {"helpful": 0.5, "harmless": 0.5}
 
 
 def test_length_balanced_accuracy_gives_a_length_rule_one_half_however_the_pairs_lean():
@@ -59,8 +62,10 @@ def test_corner_test_counts_discordant_pairs_and_matches_scipy():
     helpful_corner, harmless_corner = rng.normal(size=60), rng.normal(size=60)
     front = _front([helpful_corner.tolist(), [0.0] * 60, harmless_corner.tolist()], objective.tolist())
     got = hh_front.corner_test(front)
-    for k, name, own, other in ((0, "helpful", helpful_corner, harmless_corner),
-                                (1, "harmless", harmless_corner, helpful_corner)):
+    for k, name, own, other in (
+        (0, "helpful", helpful_corner, harmless_corner),
+        (1, "harmless", harmless_corner, helpful_corner),
+    ):
         o, t = own[objective == k], other[objective == k]
         n_own = sum(1 for a, b in zip(o, t) if a > 0 >= b)
         n_other = sum(1 for a, b in zip(o, t) if b > 0 >= a)
@@ -79,9 +84,15 @@ def test_corner_test_of_a_model_that_ignores_w_finds_nothing():
 def test_seed_summary_means_and_slopes_match_numpy_and_scipy():
     rng = np.random.default_rng(1)
     weights = [[1.0, 0.0], [0.75, 0.25], [0.5, 0.5], [0.25, 0.75], [0.0, 1.0]]
-    fronts = [{"objectives": ["helpful", "harmless"], "weights": weights,
-               "points": rng.uniform(0.4, 0.7, (5, 2)).tolist(), "margins": rng.normal(0, 0.1, (5, 2)).tolist()}
-              for _ in range(3)]
+    fronts = [
+        {
+            "objectives": ["helpful", "harmless"],
+            "weights": weights,
+            "points": rng.uniform(0.4, 0.7, (5, 2)).tolist(),
+            "margins": rng.normal(0, 0.1, (5, 2)).tolist(),
+        }
+        for _ in range(3)
+    ]
     got = hh_front.seed_summary(fronts)
     points = np.array([f["points"] for f in fronts])
     np.testing.assert_allclose(got["mean"], points.mean(0))
@@ -91,22 +102,32 @@ def test_seed_summary_means_and_slopes_match_numpy_and_scipy():
         for k in range(2):
             assert got["slopes"][r][k] == pytest.approx(stats.linregress(w[:, k], np.array(f["points"])[:, k]).slope)
             assert got["margin_slopes"][r][k] == pytest.approx(
-                stats.linregress(w[:, k], np.array(f["margins"])[:, k]).slope)
+                stats.linregress(w[:, k], np.array(f["margins"])[:, k]).slope
+            )
     # A front that rises with its own weight has a positive slope on both objectives.
-    rising = {"objectives": ["a", "b"], "weights": weights, "points": [[0.5 + 0.1 * a, 0.5 + 0.1 * b] for a, b in weights],
-              "margins": [[a, b] for a, b in weights]}
+    rising = {
+        "objectives": ["a", "b"],
+        "weights": weights,
+        "points": [[0.5 + 0.1 * a, 0.5 + 0.1 * b] for a, b in weights],
+        "margins": [[a, b] for a, b in weights],
+    }
     assert np.all(np.array(hh_front.seed_summary([rising])["slopes"]) > 0)
     # The length-balanced mean only when every run has it (runs made before it was written have not).
     assert got["mean_length_balanced"] is None
     balanced = [dict(f, length_balanced=rng.uniform(0.4, 0.7, (5, 2)).tolist()) for f in fronts]
-    np.testing.assert_allclose(hh_front.seed_summary(balanced)["mean_length_balanced"],
-                               np.mean([f["length_balanced"] for f in balanced], 0))
+    np.testing.assert_allclose(
+        hh_front.seed_summary(balanced)["mean_length_balanced"], np.mean([f["length_balanced"] for f in balanced], 0)
+    )
     assert hh_front.seed_summary(balanced[:2] + fronts[2:])["mean_length_balanced"] is None
 
 
 def test_seed_summary_refuses_fronts_over_different_weights():
-    a = {"objectives": ["x", "y"], "weights": [[1.0, 0.0], [0.0, 1.0]], "points": [[0.5, 0.5]] * 2,
-         "margins": [[0.0, 0.0]] * 2}
+    a = {
+        "objectives": ["x", "y"],
+        "weights": [[1.0, 0.0], [0.0, 1.0]],
+        "points": [[0.5, 0.5]] * 2,
+        "margins": [[0.0, 0.0]] * 2,
+    }
     b = dict(a, weights=[[0.9, 0.1], [0.0, 1.0]])
     with pytest.raises(ValueError, match="front 2 is over other objectives or weights"):
         hh_front.seed_summary([a, b])
@@ -123,8 +144,13 @@ def test_summarize_names_a_file_that_is_not_a_front(tmp_path):
 
 def test_mean_front_averages_the_runs_and_its_hypervolume_is_the_staircase_area(tmp_path):
     weights = [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
-    a = {"objectives": ["x", "y"], "weights": weights, "points": [[0.7, 0.4], [0.6, 0.5], [0.4, 0.6]],
-         "margins": [[0.0, 0.0]] * 3, "reference_point": [0.3, 0.3]}
+    a = {
+        "objectives": ["x", "y"],
+        "weights": weights,
+        "points": [[0.7, 0.4], [0.6, 0.5], [0.4, 0.6]],
+        "margins": [[0.0, 0.0]] * 3,
+        "reference_point": [0.3, 0.3],
+    }
     b = dict(a, points=[[0.5, 0.4], [0.6, 0.7], [0.4, 0.4]])
     got = hh_front.mean_front([a, b], ["s0", "s1"], hh_front.seed_summary([a, b]))
     assert list(got) == ["s0", "s1", "mean of 2"]
@@ -142,12 +168,14 @@ def test_order_breaks_finds_each_step_against_the_weight_and_counts_its_pairs():
     weights = [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
     # Helpful (pairs 0-3) falls as its weight falls: no break. Harmless (pairs 4-7): right on 2 at
     # (1, 0), on 3 at (0.5, 0.5), on 2 at (0, 1): raising its weight from 0.5 to 1 loses pair 6.
-    margins = [[1, 1, 1, 1, 1, 1, -1, -1],
-               [1, 1, 1, -1, 1, 1, 1, -1],
-               [1, -1, -1, -1, 1, 1, -1, -1]]
-    front = {"objectives": ["helpful", "harmless"], "weights": weights, "pair_margins": margins,
-             "pair_objective": [0] * 4 + [1] * 4,
-             "points": [[1.0, 0.5], [0.75, 0.75], [0.25, 0.5]]}
+    margins = [[1, 1, 1, 1, 1, 1, -1, -1], [1, 1, 1, -1, 1, 1, 1, -1], [1, -1, -1, -1, 1, 1, -1, -1]]
+    front = {
+        "objectives": ["helpful", "harmless"],
+        "weights": weights,
+        "pair_margins": margins,
+        "pair_objective": [0] * 4 + [1] * 4,
+        "points": [[1.0, 0.5], [0.75, 0.75], [0.25, 0.5]],
+    }
     got = hh_front.order_breaks(front)
     assert got["helpful"] == []
     ((lo, hi, drop, lost, won, p),) = got["harmless"]

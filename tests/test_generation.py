@@ -35,10 +35,10 @@ def test_ratio_one_is_the_policy_and_ratio_zero_the_base(policy):
     assert torch.equal(ours, policy.generate(IDS, mask, W, max_new_tokens=8, do_sample=False))
     with policy.model.disable_adapter():
         base = policy.model.generate(input_ids=IDS, attention_mask=mask, max_new_tokens=8, do_sample=False)
-    assert torch.equal(generate_ids(policy, IDS, mask, W, ratio=0.0, max_new_tokens=8), base[:, IDS.shape[1]:])
-    assert not torch.equal(ours, base[:, IDS.shape[1]:])  # the test can tell them apart
+    assert torch.equal(generate_ids(policy, IDS, mask, W, ratio=0.0, max_new_tokens=8), base[:, IDS.shape[1] :])
+    assert not torch.equal(ours, base[:, IDS.shape[1] :])  # the test can tell them apart
     # the mixed batch (both halves in one forward) at a ratio of ~0 also gives the base
-    assert torch.equal(generate_ids(policy, IDS, mask, W, ratio=1e-9, max_new_tokens=8), base[:, IDS.shape[1]:])
+    assert torch.equal(generate_ids(policy, IDS, mask, W, ratio=1e-9, max_new_tokens=8), base[:, IDS.shape[1] :])
 
 
 def test_left_padding_changes_nothing(policy):

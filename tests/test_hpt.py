@@ -14,9 +14,18 @@ from cosdpo.models.hpt import HPTConfig, HPTModel  # noqa: E402
 def tiny_base(seed=0):
     """The tiny Llama alone; the same seed gives the same weights (what a saved policy is loaded onto)."""
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = transformers.LlamaConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -290,7 +299,7 @@ def test_mixed_lora_generates_and_round_trips(tmp_path):
     assert torch.equal(ours, m.generate(ids[:1], mask[:1], w, max_new_tokens=4, do_sample=False))
     with m.model.disable_adapter():  # ratio 0: the base alone, w = 0 in the LoRA and no prefix
         base = m.model.generate(input_ids=ids[:1], attention_mask=mask[:1], max_new_tokens=4, do_sample=False)
-    assert torch.equal(generate_ids(m, ids[:1], mask[:1], w, ratio=0.0, max_new_tokens=4), base[:, ids.shape[1]:])
+    assert torch.equal(generate_ids(m, ids[:1], mask[:1], w, ratio=0.0, max_new_tokens=4), base[:, ids.shape[1] :])
     generate_ids(m, ids[:1], mask[:1], w, ratio=0.5, max_new_tokens=4)  # tuned and base rows in one batch
     m.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "hpt_config.json").read_text())["lora_mix"] is True

@@ -19,8 +19,18 @@ from cosdpo.training.llm import LLMConfig, PreferenceTask, build_policy, finetun
 
 # the paper's one-w-per-step, shared-LoRA setting: the oracles below are written for it (the defaults,
 # per-pair w and the w-mixed LoRA, have tests of their own)
-FAST = dict(batch_size=8, held_out=0.25, lora_rank=4, prompt_tokens=2, progress=False, lr=1e-2,
-            weight_sampling="step", lora_mix=False, prompt_mask="linear", prompt_lr=0.0)
+FAST = dict(
+    batch_size=8,
+    held_out=0.25,
+    lora_rank=4,
+    prompt_tokens=2,
+    progress=False,
+    lr=1e-2,
+    weight_sampling="step",
+    lora_mix=False,
+    prompt_mask="linear",
+    prompt_lr=0.0,
+)
 
 
 def cfg_for(model_dir, **kw):
@@ -52,8 +62,9 @@ def test_terms_are_dpo_per_objective_on_distinct_sequences(tiny_llm, tiny_pairs)
     for i in records:  # pair by pair, no sharing of sequences, reference by its own forward
         b = data.pad([data.chosen[i], data.rejected[i]])
         lp = sequence_logprobs(policy(b["input_ids"], b["attention_mask"], w), b["input_ids"], b["response_mask"])
-        ref = sequence_logprobs(policy.reference_logits(b["input_ids"], b["attention_mask"]), b["input_ids"],
-                                b["response_mask"])
+        ref = sequence_logprobs(
+            policy.reference_logits(b["input_ids"], b["attention_mask"]), b["input_ids"], b["response_mask"]
+        )
         k = data.objective[i]
         expect_sums[k] += float(dpo(lp[:1], lp[1:], ref[:1], ref[1:], cfg.beta).detach())
         expect_counts[k] += 1
@@ -100,8 +111,13 @@ def test_pair_weight_sampling_scores_each_pair_at_its_own_w(tiny_llm, tiny_pairs
 
 def test_distinct_sequences_are_stored_once(tiny_llm, tmp_path):
     _, tok = load_base(str(tiny_llm))
-    row = {"prompt": "hello", "response_0": "the cat sat", "response_1": "dog ran far", "better_response_id": 0,
-           "safer_response_id": 1}
+    row = {
+        "prompt": "hello",
+        "response_0": "the cat sat",
+        "response_1": "dog ran far",
+        "better_response_id": 0,
+        "safer_response_id": 1,
+    }
     (tmp_path / "pku.jsonl").write_text(json.dumps(row) + "\n")
     pairs, objectives, _ = load_many(str(tmp_path / "pku.jsonl"))
     data = PreferenceSet.build(pairs, tok, objectives, 64)
@@ -137,8 +153,10 @@ def test_cached_reference_gives_the_same_training(tiny_llm, tiny_pairs, tmp_path
     assert (tmp_path / "a" / "reference_logprobs.safetensors").is_file()
     sa, sb = adapter_state(a), adapter_state(b)
     assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
-    assert any(not torch.equal(v, adapter_state(build_policy(load_base(str(tiny_llm))[0],
-                                                             cfg_for(tiny_llm), 2))[k]) for k, v in sa.items())
+    assert any(
+        not torch.equal(v, adapter_state(build_policy(load_base(str(tiny_llm))[0], cfg_for(tiny_llm), 2))[k])
+        for k, v in sa.items()
+    )
 
 
 def test_reference_cache_recomputes_only_changed_sets(tiny_llm, tiny_pairs, tmp_path, monkeypatch):
@@ -180,14 +198,19 @@ def test_a_front_shares_the_training_reference_cache(tiny_llm, tiny_pairs, tmp_p
     cache = tmp_path / "p" / llm.REFERENCE_FILE
     scored = []
     real = llm.sequence_scores
-    monkeypatch.setattr(llm, "sequence_scores",
-                        lambda *a, **kw: scored.append(kw.get("desc") if kw.get("reference") else "w") or real(*a, **kw))
-    first = llm.write_front(tmp_path / "p", None, tmp_path / "f1", grid=3, policy=policy, progress=False,
-                            reference_file=cache)
+    monkeypatch.setattr(
+        llm,
+        "sequence_scores",
+        lambda *a, **kw: scored.append(kw.get("desc") if kw.get("reference") else "w") or real(*a, **kw),
+    )
+    first = llm.write_front(
+        tmp_path / "p", None, tmp_path / "f1", grid=3, policy=policy, progress=False, reference_file=cache
+    )
     assert scored.count("reference log-probs (front)") == 1
     scored.clear()
-    second = llm.write_front(tmp_path / "p", None, tmp_path / "f2", grid=3, policy=policy, progress=False,
-                             reference_file=cache)
+    second = llm.write_front(
+        tmp_path / "p", None, tmp_path / "f2", grid=3, policy=policy, progress=False, reference_file=cache
+    )
     assert "reference log-probs (front)" not in scored and scored  # read back; the policy is still scored
     assert second["points"] == first["points"] and second["margins"] == first["margins"]
     uncached = llm.write_front(tmp_path / "p", None, tmp_path / "f3", grid=3, policy=policy, progress=False)
@@ -195,8 +218,10 @@ def test_a_front_shares_the_training_reference_cache(tiny_llm, tiny_pairs, tmp_p
     scored.clear()  # the front did not cost training its cache: resuming reads train and vali back
     base, tok = load_base(str(tiny_llm))
     cfg = cfg_for(tiny_llm, max_steps=2)
-    sets = {name: load_split(tiny_pairs, tok, cfg, None, split)[0] for name, split in (("train", "train"),
-                                                                                       ("vali", "held-out"))}
+    sets = {
+        name: load_split(tiny_pairs, tok, cfg, None, split)[0]
+        for name, split in (("train", "train"), ("vali", "held-out"))
+    }
     llm.reference_logprobs(policy, sets, cfg, cache, progress=False)
     assert scored == []
 
@@ -212,8 +237,9 @@ def test_prompt_lr_steps_the_prefix_alone(tiny_llm, tiny_pairs, tmp_path):
     """Adam's first step moves each parameter by its group's lr (times sign(grad)): LoRA by lr,
     the Hyper Prompt by prompt_lr."""
     before = adapter_state(build_policy(load_base(str(tiny_llm))[0], cfg_for(tiny_llm), 2))
-    policy, _ = finetune_llm(tiny_pairs, tmp_path / "p", cfg_for(tiny_llm, max_steps=1, lr=1e-4, prompt_lr=0.1),
-                             log=quiet)
+    policy, _ = finetune_llm(
+        tiny_pairs, tmp_path / "p", cfg_for(tiny_llm, max_steps=1, lr=1e-4, prompt_lr=0.1), log=quiet
+    )
     moved = {k: float((v - before[k]).abs().max()) for k, v in adapter_state(policy).items()}
     lora = max(v for k, v in moved.items() if "lora" in k)
     prompt = [v for k, v in moved.items() if k.startswith("hpt.")]
@@ -248,13 +274,24 @@ def test_weights_move_the_margins(tiny_llm, tiny_pairs, tmp_path, lora_rank, pro
     """After training, raising w_k raises objective k's mean margin on the training pairs: with a shared
     LoRA, with the Hyper Prompt alone (then 4 virtual tokens: 2 of width 32 are too few to learn both),
     and with a w-mixed LoRA."""
-    cfg = cfg_for(tiny_llm, max_steps=100, lr=1e-2, beta=1.0, alpha=0.1, val_every=10**6, lora_rank=lora_rank,
-                  prompt_tokens=prompt_tokens, lora_mix=lora_mix)
+    cfg = cfg_for(
+        tiny_llm,
+        max_steps=100,
+        lr=1e-2,
+        beta=1.0,
+        alpha=0.1,
+        val_every=10**6,
+        lora_rank=lora_rank,
+        prompt_tokens=prompt_tokens,
+        lora_mix=lora_mix,
+    )
     policy, _ = finetune_llm(tiny_pairs, tmp_path / "p", cfg, log=quiet)
     data, _, _ = load_split(tiny_pairs, load_base(str(tiny_llm))[1], cfg, None, "train")
     data.ref = sequence_scores(policy, data, reference=True)
-    margins = [preference_points(data, sequence_scores(policy, data, torch.tensor(w)), cfg.beta)[1]
-               for w in ([1.0, 0.0], [0.5, 0.5], [0.0, 1.0])]
+    margins = [
+        preference_points(data, sequence_scores(policy, data, torch.tensor(w)), cfg.beta)[1]
+        for w in ([1.0, 0.0], [0.5, 0.5], [0.0, 1.0])
+    ]
     short, cat = np.array(margins).T
     assert short[0] > short[1] > short[2]
     assert cat[0] < cat[1] < cat[2]
@@ -270,16 +307,25 @@ def test_preference_points_by_hand(tiny_llm, tiny_pairs):
     acc, mean = preference_points(data, scores, 0.5)
     for k in range(2):
         rows = [i for i in range(len(data)) if data.objective[i] == k]
-        m = [0.5 * ((scores[data.chosen[i]] - data.ref[data.chosen[i]])
-                    - (scores[data.rejected[i]] - data.ref[data.rejected[i]])) for i in rows]
+        m = [
+            0.5
+            * (
+                (scores[data.chosen[i]] - data.ref[data.chosen[i]])
+                - (scores[data.rejected[i]] - data.ref[data.rejected[i]])
+            )
+            for i in rows
+        ]
         assert acc[k] == pytest.approx(np.mean([1.0 if x > 0 else 0.5 if x == 0 else 0.0 for x in m]))
         assert mean[k] == pytest.approx(np.mean(m))
     same, _ = preference_points(data, data.ref.copy(), 0.5)
     assert same.tolist() == [0.5, 0.5]  # the reference against itself: all ties
     # keep_pairs: every record's margin at every w, in record order, for paired tests between weights
-    front = preference_front(data, [[1.0, 0.0], [0.0, 1.0]], lambda w: scores if w[0] else data.ref.copy(), 0.5,
-                             keep_pairs=True)
-    by_hand = [0.5 * ((scores[c] - data.ref[c]) - (scores[r] - data.ref[r])) for c, r in zip(data.chosen, data.rejected)]
+    front = preference_front(
+        data, [[1.0, 0.0], [0.0, 1.0]], lambda w: scores if w[0] else data.ref.copy(), 0.5, keep_pairs=True
+    )
+    by_hand = [
+        0.5 * ((scores[c] - data.ref[c]) - (scores[r] - data.ref[r])) for c, r in zip(data.chosen, data.rejected)
+    ]
     np.testing.assert_allclose(front["pair_margins"][0], by_hand, rtol=1e-12)
     assert front["pair_margins"][1] == [0.0] * len(data) and front["pair_objective"] == data.objective.tolist()
     assert "pair_margins" not in preference_front(data, [[1.0, 0.0]], lambda w: scores, 0.5)
@@ -294,8 +340,12 @@ def test_logprob_shift_is_the_mean_change_per_response_token(tiny_llm, tiny_pair
     assert len(set(lengths)) > 1  # else a per-sequence and a per-token shift could not be told apart
     broken = data.ref - 2.5 * lengths  # every response token 2.5 nats less likely
     noisy = data.ref + rng.normal(size=len(data.sequences))
-    front = preference_front(data, [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]],
-                             lambda w: broken if w[0] == 1 else noisy if w[0] else data.ref.copy(), 0.5)
+    front = preference_front(
+        data,
+        [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]],
+        lambda w: broken if w[0] == 1 else noisy if w[0] else data.ref.copy(),
+        0.5,
+    )
     by_hand = sum((noisy[i] - data.ref[i]) / lengths[i] for i in range(len(lengths))) / len(lengths)
     np.testing.assert_allclose(front["logprob_shift"], [-2.5, by_hand, 0.0], rtol=1e-12, atol=1e-12)
 
@@ -305,8 +355,9 @@ def test_soup_mixes_lora_updates_not_factors(tiny_llm, tiny_pairs, tmp_path):
 
     dirs = []
     for k, w in enumerate([(1.0, 0.0), (0.0, 1.0)]):
-        finetune_llm(tiny_pairs, tmp_path / f"s{k}", cfg_for(tiny_llm, max_steps=3, method="ls",
-                                                             fixed_weights=w), log=quiet)
+        finetune_llm(
+            tiny_pairs, tmp_path / f"s{k}", cfg_for(tiny_llm, max_steps=3, method="ls", fixed_weights=w), log=quiet
+        )
         dirs.append(tmp_path / f"s{k}")
     singles = [load_policy(d)[0] for d in dirs]
 
@@ -424,10 +475,14 @@ def test_compare_with_a_mixed_lora_trains_plain_baselines(tiny_llm, tiny_pairs, 
 
     cfg = LLMCompareConfig(cfg_for(tiny_llm, max_steps=1, lora_mix=True), methods=("wcos", "ls"), grid=2)
     result = compare_llm(tiny_pairs, tmp_path / "c", cfg, log=quiet)
-    lora = {m: json.loads((tmp_path / "c" / "models" / d / "adapter_config.json").read_text())["r"]
-            for m, d in (("wcos", "wcos"), ("ls", "ls-0"))}
+    lora = {
+        m: json.loads((tmp_path / "c" / "models" / d / "adapter_config.json").read_text())["r"]
+        for m, d in (("wcos", "wcos"), ("ls", "ls-0"))
+    }
     assert lora == {"wcos": 8, "ls": 4}
-    hpt = {m: json.loads((tmp_path / "c" / "models" / d / "hpt_config.json").read_text())["lora_mix"]
-           for m, d in (("wcos", "wcos"), ("ls", "ls-0"))}
+    hpt = {
+        m: json.loads((tmp_path / "c" / "models" / d / "hpt_config.json").read_text())["lora_mix"]
+        for m, d in (("wcos", "wcos"), ("ls", "ls-0"))
+    }
     assert hpt == {"wcos": True, "ls": False}
     assert result["methods"]["ls"]["models_trained"] == 2

@@ -29,8 +29,23 @@ def test_help():
 
 
 def test_finetune_front_generate(tiny_llm, tiny_pairs, tmp_path):
-    out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "p",
-               "--max-steps", "3", "--prompt-mask", "tanh", *TINY])
+    out = run(
+        [
+            "llm",
+            "finetune",
+            "--model",
+            tiny_llm,
+            "--data",
+            tiny_pairs,
+            "--out",
+            tmp_path / "p",
+            "--max-steps",
+            "3",
+            "--prompt-mask",
+            "tanh",
+            *TINY,
+        ]
+    )
     assert "kept pairs: 40 cat, 40 short" in out and "3 steps" in out
     assert json.loads((tmp_path / "p" / "hpt_config.json").read_text())["mask"] == "tanh"
     run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "p", *TINY], code=2)
@@ -45,19 +60,31 @@ def test_finetune_front_generate(tiny_llm, tiny_pairs, tmp_path):
 
     with safe_open(str(tmp_path / "p" / "reference_logprobs.safetensors"), "pt") as f:
         assert set(f.keys()) == {"train", "vali", "front"}  # the front's reference joined training's cache
-    greedy = run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.3,0.7", "--max-new-tokens", "5",
-                  "hello world"], stdout=True)
-    again = run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.3,0.7", "--max-new-tokens", "5",
-                 "hello world"], stdout=True)
+    greedy = run(
+        ["llm", "generate", "--model", tmp_path / "p", "--weights", "0.3,0.7", "--max-new-tokens", "5", "hello world"],
+        stdout=True,
+    )
+    again = run(
+        ["llm", "generate", "--model", tmp_path / "p", "--weights", "0.3,0.7", "--max-new-tokens", "5", "hello world"],
+        stdout=True,
+    )
     assert greedy == again and greedy.strip()  # greedy: the same answer
     run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.3,0.7", "--beta-prime", "0.5", "hi"])
 
 
 def test_long_dialogues_lose_their_earliest_turns_or_are_left_out(tiny_llm, tmp_path):
-    history = [{"role": "user", "content": "hello world how are you " * 3},
-               {"role": "assistant", "content": "the cat sat on the mat " * 3}]
-    rows = [{"prompt": history + [{"role": "user", "content": f"short answer please {i}"}],
-             "chosen": "the dog ran", "rejected": "hello"} for i in range(24)]
+    history = [
+        {"role": "user", "content": "hello world how are you " * 3},
+        {"role": "assistant", "content": "the cat sat on the mat " * 3},
+    ]
+    rows = [
+        {
+            "prompt": history + [{"role": "user", "content": f"short answer please {i}"}],
+            "chosen": "the dog ran",
+            "rejected": "hello",
+        }
+        for i in range(24)
+    ]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = f"short={tmp_path / 'd.jsonl'}"
     args = ["--model", tiny_llm, "--data", data, "--max-length", "24", "--max-steps", "1", *TINY]
@@ -74,37 +101,145 @@ def test_long_dialogues_lose_their_earliest_turns_or_are_left_out(tiny_llm, tmp_
 
 
 def test_one_clear_line_for_bad_input(tiny_llm, tiny_pairs, tmp_path):
-    out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "x",
-               "--weights", "0.5,0.6", *TINY], code=2)
+    out = run(
+        [
+            "llm",
+            "finetune",
+            "--model",
+            tiny_llm,
+            "--data",
+            tiny_pairs,
+            "--out",
+            tmp_path / "x",
+            "--weights",
+            "0.5,0.6",
+            *TINY,
+        ],
+        code=2,
+    )
     assert "simplex" in out
-    out = run(["llm", "finetune", "--model", tiny_llm, "--data", "short=/nonexistent.jsonl", "--out", tmp_path / "y",
-               *TINY], code=2)
+    out = run(
+        ["llm", "finetune", "--model", tiny_llm, "--data", "short=/nonexistent.jsonl", "--out", tmp_path / "y", *TINY],
+        code=2,
+    )
     assert "no such file" in out
     out = run(["llm", "generate", "--model", tmp_path, "--weights", "1", "hi"], code=2)
     assert "not a cosdpo LLM policy" in out
     out = run(["llm", "generate", "--model", tmp_path, "--weights", "1", "--beta-prime", "0", "hi"], code=2)
     assert "beta" in out
-    out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "z",
-               "--max-steps", "2", "--warmup-steps", "2", *TINY], code=2)
+    out = run(
+        [
+            "llm",
+            "finetune",
+            "--model",
+            tiny_llm,
+            "--data",
+            tiny_pairs,
+            "--out",
+            tmp_path / "z",
+            "--max-steps",
+            "2",
+            "--warmup-steps",
+            "2",
+            *TINY,
+        ],
+        code=2,
+    )
     assert "warmup_steps (2) must be fewer than max_steps (2)" in out
-    out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "m",
-               "--prompt-mask", "sigmoid", *TINY], code=2)
+    out = run(
+        [
+            "llm",
+            "finetune",
+            "--model",
+            tiny_llm,
+            "--data",
+            tiny_pairs,
+            "--out",
+            tmp_path / "m",
+            "--prompt-mask",
+            "sigmoid",
+            *TINY,
+        ],
+        code=2,
+    )
     assert "prompt_mask must be one of linear, tanh; got 'sigmoid'" in out and not (tmp_path / "m").exists()
-    out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "p",
-               "--weight-sampling", "pair", "--penalty", "0.1", *TINY], code=2)
+    out = run(
+        [
+            "llm",
+            "finetune",
+            "--model",
+            tiny_llm,
+            "--data",
+            tiny_pairs,
+            "--out",
+            tmp_path / "p",
+            "--weight-sampling",
+            "pair",
+            "--penalty",
+            "0.1",
+            *TINY,
+        ],
+        code=2,
+    )
     assert "--penalty needs --weight-sampling step" in out and not (tmp_path / "p").exists()
-    out = run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "h",
-               "--precision", "fp16", *TINY], code=2)
+    out = run(
+        [
+            "llm",
+            "finetune",
+            "--model",
+            tiny_llm,
+            "--data",
+            tiny_pairs,
+            "--out",
+            tmp_path / "h",
+            "--precision",
+            "fp16",
+            *TINY,
+        ],
+        code=2,
+    )
     assert "precision must be one of ('fp32', 'bf16')" in out and not (tmp_path / "h").exists()
 
 
 def test_dpo_ls_model_from_the_command_line(tiny_llm, tiny_pairs, tmp_path):
-    run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "ls",
-         "--weights", "0.5,0.5", "--max-steps", "2", "--warmup-steps", "1", *TINY])
+    run(
+        [
+            "llm",
+            "finetune",
+            "--model",
+            tiny_llm,
+            "--data",
+            tiny_pairs,
+            "--out",
+            tmp_path / "ls",
+            "--weights",
+            "0.5,0.5",
+            "--max-steps",
+            "2",
+            "--warmup-steps",
+            "1",
+            *TINY,
+        ]
+    )
     info = json.loads((tmp_path / "ls" / "policy.json").read_text())
     assert info["config"]["warmup_steps"] == 1
-    run(["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / "pair",
-         "--weight-sampling", "pair", "--max-steps", "1", *TINY])
+    run(
+        [
+            "llm",
+            "finetune",
+            "--model",
+            tiny_llm,
+            "--data",
+            tiny_pairs,
+            "--out",
+            tmp_path / "pair",
+            "--weight-sampling",
+            "pair",
+            "--max-steps",
+            "1",
+            *TINY,
+        ]
+    )
     assert json.loads((tmp_path / "pair" / "policy.json").read_text())["config"]["weight_sampling"] == "pair"
     assert info["method"] == "ls" and info["fixed_weights"] == [0.5, 0.5]
 
@@ -119,13 +254,45 @@ def test_real_smollm2_one_step_on_hh_and_a_generation(tmp_path, monkeypatch):
     """The default model, converted from the package's GGUF; one bf16 step on the real HH-RLHF sample."""
     monkeypatch.setenv("COSDPO_CACHE", str(tmp_path / "cache"))
     data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
-    out = run(["llm", "finetune", "--data", data, "--out", tmp_path / "p", "--max-steps", "1", "--batch-size", "2",
-               "--max-length", "96", "--max-pairs", "2", "--no-progress", "--precision", "bf16", "--attention",
-               "eager"])
+    out = run(
+        [
+            "llm",
+            "finetune",
+            "--data",
+            data,
+            "--out",
+            tmp_path / "p",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--max-length",
+            "96",
+            "--max-pairs",
+            "2",
+            "--no-progress",
+            "--precision",
+            "bf16",
+            "--attention",
+            "eager",
+        ]
+    )
     assert "skipped" in out and "longer than 96 tokens" in out and "1 steps" in out
     info = json.loads((tmp_path / "p" / "policy.json").read_text())
     assert info["base_model"] == "smollm2" and info["objectives"] == ["helpful", "harmless"]
     assert (info["config"]["precision"], info["config"]["attention"]) == ("bf16", "eager")  # generation too
-    text = run(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.5,0.5", "--max-new-tokens", "12",
-                "What is the capital of France?"], stdout=True)
+    text = run(
+        [
+            "llm",
+            "generate",
+            "--model",
+            tmp_path / "p",
+            "--weights",
+            "0.5,0.5",
+            "--max-new-tokens",
+            "12",
+            "What is the capital of France?",
+        ],
+        stdout=True,
+    )
     assert "Paris" in text

@@ -58,12 +58,18 @@ def test_padding_changes_nothing(transform):
     # add 4 padded columns full of garbage
     pad = torch.full((scores.shape[0], 4), 1e4, dtype=scores.dtype)
     s2 = torch.cat([scores.detach(), pad], 1).requires_grad_(True)
-    loss2 = lipo(s2, torch.cat([ref, -pad], 1), torch.cat([labels, pad], 1),
-                 torch.cat([mask, torch.zeros_like(pad, dtype=torch.bool)], 1), 0.7, transform)
+    loss2 = lipo(
+        s2,
+        torch.cat([ref, -pad], 1),
+        torch.cat([labels, pad], 1),
+        torch.cat([mask, torch.zeros_like(pad, dtype=torch.bool)], 1),
+        0.7,
+        transform,
+    )
     (grad2,) = torch.autograd.grad(loss2, s2)
     torch.testing.assert_close(loss2, loss)
-    torch.testing.assert_close(grad2[:, :scores.shape[1]], grad)
-    assert torch.all(grad2[:, scores.shape[1]:] == 0)
+    torch.testing.assert_close(grad2[:, : scores.shape[1]], grad)
+    assert torch.all(grad2[:, scores.shape[1] :] == 0)
 
 
 def test_groups_without_preference_give_zero_and_no_nan():

@@ -35,8 +35,9 @@ def test_padding_and_batch_mates_change_no_score(param):
     batched = model(xb, mask, w)
     torch.testing.assert_close(batched[0, :5], alone[0], atol=1e-5, rtol=1e-5)
     assert torch.all(batched[0, 5:] == 0)
-    torch.testing.assert_close(base(xb, mask)[0, :5], base(x, torch.ones(1, 5, dtype=torch.bool))[0],
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        base(xb, mask)[0, :5], base(x, torch.ones(1, 5, dtype=torch.bool))[0], atol=1e-5, rtol=1e-5
+    )
 
 
 def test_scores_are_permutation_equivariant():

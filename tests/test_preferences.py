@@ -28,8 +28,9 @@ def test_hh_prompt_is_the_shared_prefix():
     assert report.kept["helpful"] + sum(report.skipped.values()) == 1854
     assert report.kept["helpful"] > 1800
     first = pairs[0]
-    assert first.prompt == ({"role": "user",
-                             "content": "Do you know why turkeys became the official food of thanksgiving?"},)
+    assert first.prompt == (
+        {"role": "user", "content": "Do you know why turkeys became the official food of thanksgiving?"},
+    )
     assert first.chosen.startswith("To be honest, I don’t know anything about that.")
     assert first.rejected.startswith("I know that the American Indians")
     for p in pairs[:200]:  # multi-turn prompts alternate and end with the user's turn
@@ -43,11 +44,16 @@ def test_hh_split_details():
     chosen = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: well, fine"
     rejected = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: go away"
     prompt, c, r = hh_prompt_and_responses(chosen, rejected)
-    assert prompt == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                      {"role": "user", "content": "how?"}]
+    assert prompt == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "how?"},
+    ]
     assert (c, r) == ("well, fine", "go away")
-    assert split_dialogue("\n\nHuman: a b\n\nAssistant: c") == [{"role": "user", "content": "a b"},
-                                                                {"role": "assistant", "content": "c"}]
+    assert split_dialogue("\n\nHuman: a b\n\nAssistant: c") == [
+        {"role": "user", "content": "a b"},
+        {"role": "assistant", "content": "c"},
+    ]
     assert hh_prompt_and_responses("\n\nHuman: x", "\n\nHuman: y") is None
 
 
@@ -64,9 +70,13 @@ def test_bad_rows_are_counted_with_their_place(tmp_path):
     f.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
     pairs, report = load_preferences(f, "jsonl", "brevity")
     assert [p.source for p in pairs] == [f"{f}:1", f"{f}:6"]
-    assert report.skipped == {"identical responses": 1, "empty prompt": 1, "missing field 'chosen'": 1,
-                              "missing field 'prompt'": 1, "not JSON (Expecting property name enclosed in "
-                                                           "double quotes)": 1}
+    assert report.skipped == {
+        "identical responses": 1,
+        "empty prompt": 1,
+        "missing field 'chosen'": 1,
+        "missing field 'prompt'": 1,
+        "not JSON (Expecting property name enclosed in double quotes)": 1,
+    }
     assert report.examples["identical responses"] == [f"{f}:2"]
     assert "skipped 1 rows: identical responses" in report.summary()
 

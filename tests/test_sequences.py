@@ -24,7 +24,9 @@ def test_encode_marks_exactly_the_response(tokenizer):
     for i, text in enumerate(["the cat sat", "hello"]):
         ids = batch["input_ids"][i][batch["response_mask"][i]].tolist()
         assert tokenizer.decode(ids) == text + "</s>"
-        assert tokenizer.decode(batch["input_ids"][i][: len(enc[i][0])].tolist()) == "<|user|>how are you</s><|assistant|>"
+        assert (
+            tokenizer.decode(batch["input_ids"][i][: len(enc[i][0])].tolist()) == "<|user|>how are you</s><|assistant|>"
+        )
     assert batch["attention_mask"].sum(1).tolist() == [len(p) + len(r) for p, r in enc]
     assert encode_pair(tokenizer, prompt, "hello", "the cat sat on the mat " * 10, 16) is None
 
@@ -34,8 +36,12 @@ def response_len(tokenizer, text):
 
 
 def test_encode_pair_cuts_the_earliest_whole_turns(tokenizer):
-    turns = ({"role": "system", "content": "be kind"}, {"role": "user", "content": "hello world"},
-             {"role": "assistant", "content": "how are you"}, {"role": "user", "content": "the cat sat"})
+    turns = (
+        {"role": "system", "content": "be kind"},
+        {"role": "user", "content": "hello world"},
+        {"role": "assistant", "content": "how are you"},
+        {"role": "user", "content": "the cat sat"},
+    )
     chosen, rejected = "short answer", "the dog ran far away please"
     longest = max(response_len(tokenizer, chosen), response_len(tokenizer, rejected))
     full = len(prompt_ids(tokenizer, turns))
@@ -59,9 +65,11 @@ def test_sequence_logprobs_against_a_loop_and_padding():
     for b in range(2):
         want = sum(torch.log_softmax(logits[b, t - 1], -1)[ids[b, t]] for t in range(7) if resp[b, t])
         assert got[b].item() == pytest.approx(want.item(), rel=1e-9)
-    padded = sequence_logprobs(torch.cat([logits, torch.randn(2, 3, 11, dtype=torch.float64)], 1),
-                               torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1),
-                               torch.cat([resp, torch.zeros(2, 3, dtype=torch.bool)], 1))
+    padded = sequence_logprobs(
+        torch.cat([logits, torch.randn(2, 3, 11, dtype=torch.float64)], 1),
+        torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1),
+        torch.cat([resp, torch.zeros(2, 3, dtype=torch.bool)], 1),
+    )
     torch.testing.assert_close(padded, got)
 
 
@@ -76,7 +84,7 @@ def test_logits_of_the_response_window_only_give_the_same_logprobs():
     assert keep == 9 - 3  # positions 3..8: position 3 predicts the first response token (4)
     torch.testing.assert_close(sequence_logprobs(logits[:, -keep:], ids, resp), sequence_logprobs(logits, ids, resp))
     with pytest.raises(ValueError, match="miss response tokens"):
-        sequence_logprobs(logits[:, -(keep - 1):], ids, resp)
+        sequence_logprobs(logits[:, -(keep - 1) :], ids, resp)
     assert response_window(torch.zeros(2, 5, dtype=torch.bool)) == 2  # nothing to score: the smallest window
     first = torch.zeros(1, 4, dtype=torch.bool)
     first[0, 0] = True  # a "response" at position 0 has no logit before it: every position kept
@@ -88,5 +96,7 @@ def test_lipo_on_sequence_scores_is_dpo():
     pol, ref = torch.randn(4, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g, dtype=torch.float64)
     labels = torch.tensor([[1.0, 0.0]] * 4, dtype=torch.float64)
     mask = torch.ones(4, 2, dtype=torch.bool)
-    torch.testing.assert_close(lipo(pol, ref, labels, mask, 0.1, "l1", reduction="none")[0],
-                               dpo(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], 0.1, reduction="none")[0])
+    torch.testing.assert_close(
+        lipo(pol, ref, labels, mask, 0.1, "l1", reduction="none")[0],
+        dpo(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], 0.1, reduction="none")[0],
+    )

@@ -38,8 +38,9 @@ def test_linear_transformation_identity_on_a_trained_model(tiny_fold, wcos):
         np.testing.assert_allclose(served, base + (0.5 / b) * (trained - base), rtol=1e-5, atol=1e-6)
     # as beta' grows, the main objective's NDCG@10 moves toward the base model's
     main = lambda s: ndcg_report(test, s)["main"]  # noqa: E731
-    gaps = [abs(main(score_conditioned(model, test, [[0.5, 0.5]], base, beta=b)[0]) - main(base))
-            for b in (0.5, 4.0, 1e7)]
+    gaps = [
+        abs(main(score_conditioned(model, test, [[0.5, 0.5]], base, beta=b)[0]) - main(base)) for b in (0.5, 4.0, 1e7)
+    ]
     assert gaps[0] > 0.005 and gaps[1] < gaps[0] and gaps[2] < 1e-9
 
 
@@ -61,8 +62,9 @@ def test_temperature_cos_scale_is_applied_outside_the_network(tcos):
     w = [0.4, 0.6]
     s = score_items(model, rows, w, beta=[0.5, 2.0])
     # same direction beta_hat, three times the scale: a third of the deviation
-    np.testing.assert_allclose(score_items(model, rows, w, beta=[1.5, 6.0]) - base, (s - base) / 3,
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        score_items(model, rows, w, beta=[1.5, 6.0]) - base, (s - base) / 3, rtol=1e-4, atol=1e-6
+    )
     # a different direction is a different input: not a rescaling
     other = score_items(model, rows, w, beta=[2.0, 0.5]) - base
     assert not np.allclose(other / np.linalg.norm(other), (s - base) / np.linalg.norm(s - base), atol=1e-3)
@@ -76,8 +78,9 @@ def test_temperatures_are_drawn_log_uniform_and_reproducibly(tiny_fold, tiny_bas
     draws = torch.stack([task.temperatures(s) for s in range(2000)]).numpy()
     assert draws.shape == (2000, 2) and draws.min() >= 0.2 and draws.max() <= 5.0
     logs = np.log(draws)  # log-uniform: quartiles of log beta evenly spaced
-    np.testing.assert_allclose(np.quantile(logs, [0.25, 0.5, 0.75]),
-                               np.log(0.2) + np.array([0.25, 0.5, 0.75]) * np.log(25), atol=0.1)
+    np.testing.assert_allclose(
+        np.quantile(logs, [0.25, 0.5, 0.75]), np.log(0.2) + np.array([0.25, 0.5, 0.75]) * np.log(25), atol=0.1
+    )
     assert torch.equal(task.temperatures(17), WeightCOSTask(cfg, None).temperatures(17))
     assert WeightCOSTask(FinetuneConfig(**FT), None).temperatures(3) is None
     for bad in ((0.0, 1.0), (2.0, 1.0), (1.0,)):
@@ -89,14 +92,30 @@ def test_front_command_temperatures(tiny_fold, wcos, tcos, tmp_path):
     runner = CliRunner()
 
     def run(model_dir, *extra):
-        return runner.invoke(app, ["ltr", "front", "--model", str(model_dir), "--data", str(tiny_fold), "--out",
-                                   str(tmp_path / "f"), "--grid", "3", *extra])
+        return runner.invoke(
+            app,
+            [
+                "ltr",
+                "front",
+                "--model",
+                str(model_dir),
+                "--data",
+                str(tiny_fold),
+                "--out",
+                str(tmp_path / "f"),
+                "--grid",
+                "3",
+                *extra,
+            ],
+        )
 
     assert run(wcos[1], "--beta-prime", "2").exit_code == 0
     assert run(tcos[1], "--beta-prime", "0.5,2").exit_code == 0
-    for model_dir, extra, message in ((wcos[1], ["--beta-prime", "1,2"], "one temperature"),
-                                      (wcos[1], ["--beta-prime", "0"], "> 0"),
-                                      (tcos[1], ["--beta-prime", "1,2,3"], "3 temperatures"),
-                                      (tcos[1], ["--beta-prime", "x"], "comma-separated numbers")):
+    for model_dir, extra, message in (
+        (wcos[1], ["--beta-prime", "1,2"], "one temperature"),
+        (wcos[1], ["--beta-prime", "0"], "> 0"),
+        (tcos[1], ["--beta-prime", "1,2,3"], "3 temperatures"),
+        (tcos[1], ["--beta-prime", "x"], "comma-separated numbers"),
+    ):
         res = run(model_dir, *extra)
         assert res.exit_code == 2 and message in res.output, res.output

@@ -33,7 +33,9 @@ def test_base_training_beats_its_initialisation(tiny_fold, tiny_base):
 
 
 def test_finetuning_makes_w_steer_the_ranking(tiny_fold, tiny_base, tmp_path):
-    model, metrics = finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(**(FT | dict(epochs=15, lr=3e-3, batch_size=4))))
+    model, metrics = finetune(
+        tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(**(FT | dict(epochs=15, lr=3e-3, batch_size=4)))
+    )
     test = RankingSet.load(tiny_fold, "test", model.schema)
     front = ranker_front(model, test, np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]))
     (a1, a2), _, (b1, b2) = front["points"]
@@ -83,8 +85,9 @@ def test_resume_after_a_crash_mid_epoch(tiny_fold, tiny_base, tmp_path, monkeypa
 
 def test_cosine_schedule_follows_torchs_cosine_annealing(tiny_fold, tiny_base, tmp_path):
     """The lr of the checkpoint's last step against torch's own CosineAnnealingLR over the same steps."""
-    finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=2, lr=3e-3, patience=0, lr_schedule="cosine",
-                                                                   **FT))
+    finetune(
+        tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=2, lr=3e-3, patience=0, lr_schedule="cosine", **FT)
+    )
     meta = json.loads((tmp_path / "ft" / "checkpoint" / "optimizer.json").read_text())
     saved = [g["lr"] for g in meta["param_groups"]]
     total = 2 * 5  # 5 batches an epoch
@@ -105,8 +108,11 @@ def test_lr_factor_is_transformers_schedule_with_warmup(schedule, warmup):
 
     total = 30
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    sched = (get_cosine_schedule_with_warmup(opt, warmup, total) if schedule == "cosine"
-             else get_constant_schedule_with_warmup(opt, warmup))
+    sched = (
+        get_cosine_schedule_with_warmup(opt, warmup, total)
+        if schedule == "cosine"
+        else get_constant_schedule_with_warmup(opt, warmup)
+    )
     theirs = []
     for _ in range(total):
         theirs.append(opt.param_groups[0]["lr"])
@@ -133,14 +139,25 @@ def test_nothing_is_overwritten_by_accident(tiny_fold, tiny_base, tmp_path):
         finetune(tiny_fold, tiny_base, tmp_path / "new", FinetuneConfig(epochs=1, **FT), resume=True)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(epochs=0), "epochs"), (dict(lr=-1), "lr"), (dict(alpha=0), "alpha"), (dict(penalty=-1), "penalty"),
-    (dict(beta=0), "beta"), (dict(param="lora"), "param"), (dict(lr_schedule="linear"), "lr_schedule"),
-    (dict(transform="rank"), "transform"), (dict(warmup_steps=-1), "warmup_steps"),
-    (dict(max_steps=10, warmup_steps=10), "fewer than max_steps"),
-    (dict(objectives=()), "at least one objective"), (dict(objectives=("a", "a")), "twice"),
-    (dict(grades={"quality1": "sqrt"}), "grade transform"), (dict(d_model=10, n_heads=4), "divisible"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(epochs=0), "epochs"),
+        (dict(lr=-1), "lr"),
+        (dict(alpha=0), "alpha"),
+        (dict(penalty=-1), "penalty"),
+        (dict(beta=0), "beta"),
+        (dict(param="lora"), "param"),
+        (dict(lr_schedule="linear"), "lr_schedule"),
+        (dict(transform="rank"), "transform"),
+        (dict(warmup_steps=-1), "warmup_steps"),
+        (dict(max_steps=10, warmup_steps=10), "fewer than max_steps"),
+        (dict(objectives=()), "at least one objective"),
+        (dict(objectives=("a", "a")), "twice"),
+        (dict(grades={"quality1": "sqrt"}), "grade transform"),
+        (dict(d_model=10, n_heads=4), "divisible"),
+    ],
+)
 def test_bad_config_fails_at_construction(bad, match):
     with pytest.raises(ValueError, match=match):
         FinetuneConfig(**({"objectives": ("quality1",)} | bad))
@@ -150,29 +167,73 @@ def test_bad_config_fails_at_construction(bad, match):
 
 def test_generic_letor_objectives_must_leave_the_base_input(tmp_path):
     rng = np.random.default_rng(0)
-    lines = [f"{rng.integers(0, 3)} qid:{q} " + " ".join(f"{j}:{rng.random():.4f}" for j in range(1, 11))
-             for q in range(12) for _ in range(5)]
+    lines = [
+        f"{rng.integers(0, 3)} qid:{q} " + " ".join(f"{j}:{rng.random():.4f}" for j in range(1, 11))
+        for q in range(12)
+        for _ in range(5)
+    ]
     path = tmp_path / "small.txt"
     path.write_text("\n".join(lines) + "\n")
     train_base(path, tmp_path / "b_all", BaseConfig(epochs=1, **TINY))
     with pytest.raises(ValueError, match="--exclude f9,f10"):
         finetune(path, tmp_path / "b_all", tmp_path / "ft", FinetuneConfig(objectives=("f9", "f10"), **TINY))
     train_base(path, tmp_path / "b", BaseConfig(epochs=1, exclude=("f9", "f10"), **TINY))
-    model, _ = finetune(path, tmp_path / "b", tmp_path / "ft", FinetuneConfig(objectives=("f9", "f10"), epochs=1,
-                                                                              **TINY))
+    model, _ = finetune(
+        path, tmp_path / "b", tmp_path / "ft", FinetuneConfig(objectives=("f9", "f10"), epochs=1, **TINY)
+    )
     assert model.schema.inputs == list(range(1, 9))
 
 
 @pytest.mark.slow
 def test_two_processes_agree_with_one(tiny_fold, tiny_base, tmp_path):
-    args = ["ltr", "finetune", "--data", str(tiny_fold), "--base", str(tiny_base), "--objectives",
-            "quality1,quality2", "--epochs", "2", "--batch-size", "8", "--dropout", "0", "--d-model", "16",
-            "--heads", "2", "--layers", "1", "--no-progress"]
+    args = [
+        "ltr",
+        "finetune",
+        "--data",
+        str(tiny_fold),
+        "--base",
+        str(tiny_base),
+        "--objectives",
+        "quality1,quality2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--dropout",
+        "0",
+        "--d-model",
+        "16",
+        "--heads",
+        "2",
+        "--layers",
+        "1",
+        "--no-progress",
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "cosdpo", *args, "--out", str(tmp_path / "one")], check=True, env=env)
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "cosdpo",
-                    *args, "--out", str(tmp_path / "two")], check=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "cosdpo",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        check=True,
+        env=env,
+    )
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
     _same_weights(tmp_path / "one", tmp_path / "two", atol=1e-4)
 

@@ -14,8 +14,12 @@ from .data import data_app
 from .llm import llm_app
 from .ltr import demo, ltr_app
 
-app = typer.Typer(help="Conditioned one-shot multi-objective fine-tuning (COS-DPO).", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="Conditioned one-shot multi-objective fine-tuning (COS-DPO).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 app.add_typer(data_app, name="data")
 app.add_typer(ltr_app, name="ltr")
 app.add_typer(llm_app, name="llm")

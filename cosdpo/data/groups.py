@@ -36,7 +36,7 @@ class RankingSet:
         return np.diff(self.offsets)
 
     @classmethod
-    def from_letor(cls, lf: LetorFile, schema: Schema) -> "RankingSet":
+    def from_letor(cls, lf: LetorFile, schema: Schema) -> RankingSet:
         if lf.n_features != schema.n_features:
             raise DataError(lf.path, f"has {lf.n_features} features but the model's schema expects {schema.n_features}")
         uniq, first, inverse = np.unique(lf.qid, return_index=True, return_inverse=True)
@@ -48,13 +48,17 @@ class RankingSet:
         sizes = np.bincount(rank, minlength=len(order_q))
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         feats = np.ascontiguousarray(X[:, np.asarray(schema.inputs) - 1], dtype=np.float32)
-        aux = np.stack([o.grades(X, schema.max_grade) for o in schema.objectives], axis=1) if schema.objectives \
+        aux = (
+            np.stack([o.grades(X, schema.max_grade) for o in schema.objectives], axis=1)
+            if schema.objectives
             else np.zeros((len(X), 0), np.float32)
-        return cls(feats, lf.y[order].astype(np.float32), aux.astype(np.float32), offsets, order_q,
-                   schema.objective_names)
+        )
+        return cls(
+            feats, lf.y[order].astype(np.float32), aux.astype(np.float32), offsets, order_q, schema.objective_names
+        )
 
     @classmethod
-    def load(cls, path, split: str, schema: Schema, seed: int = 0) -> "RankingSet":
+    def load(cls, path, split: str, schema: Schema, seed: int = 0) -> RankingSet:
         lf = load_split(path, split, seed=seed, n_features=schema.n_features, max_label=schema.max_label)
         return cls.from_letor(lf, schema)
 
@@ -100,9 +104,9 @@ class RankingSet:
         chunk = batch_size * bucket
         batches = []
         for i in range(0, len(perm), chunk):
-            part = perm[i:i + chunk]
+            part = perm[i : i + chunk]
             part = part[np.argsort(self.sizes[part], kind="stable")]
-            batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+            batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
         order = rng.permutation(len(batches))
         return [batches[i] for i in order]
 

@@ -47,7 +47,7 @@ class LetorFile:
     def n_features(self) -> int:
         return self.X.shape[1]
 
-    def take_queries(self, qids: np.ndarray) -> "LetorFile":
+    def take_queries(self, qids: np.ndarray) -> LetorFile:
         rows = np.isin(self.qid, qids)
         return LetorFile(self.path, self.X[rows], self.y[rows], self.qid[rows])
 

@@ -69,9 +69,7 @@ def check_grade_spec(spec: str) -> str:
                 return spec
         except ValueError:
             pass
-    raise ValueError(
-        f"bad grade transform {spec!r}: use logB (B > 1, e.g. log4), linear:LO:HI (HI > LO) or identity"
-    )
+    raise ValueError(f"bad grade transform {spec!r}: use logB (B > 1, e.g. log4), linear:LO:HI (HI > LO) or identity")
 
 
 @dataclass(frozen=True)
@@ -114,10 +112,10 @@ class Schema:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Schema":
+    def from_dict(cls, d: dict) -> Schema:
         return cls(**d)
 
-    def with_objectives(self, objectives: list[Objective]) -> "Schema":
+    def with_objectives(self, objectives: list[Objective]) -> Schema:
         return Schema(self.n_features, list(self.inputs), objectives, self.max_label, self.max_grade)
 
 

@@ -173,9 +173,12 @@ def load_preferences(path, fmt: str | None = None, objective: str | None = None,
     _check_format(fmt, objective)
     report = report or LoadReport()
     pairs: list[PreferencePair] = []
-    need = {"pku": ("prompt", "response_0", "response_1", *PKU_OBJECTIVES.values()),
-            "hh": ("chosen", "rejected"), "jsonl": ("prompt", "chosen", "rejected")}[fmt]
-    for where, row in (_hf_rows(source) if is_hf else _file_rows(Path(path))):
+    need = {
+        "pku": ("prompt", "response_0", "response_1", *PKU_OBJECTIVES.values()),
+        "hh": ("chosen", "rejected"),
+        "jsonl": ("prompt", "chosen", "rejected"),
+    }[fmt]
+    for where, row in _hf_rows(source) if is_hf else _file_rows(Path(path)):
         if isinstance(row, json.JSONDecodeError):
             report.skip(f"not JSON ({row.msg})", where)
             continue
@@ -210,7 +213,7 @@ def load_many(spec: str, fmt: str | None = None):
     for objective, path in parse_data_spec(spec):
         got, _ = load_preferences(path, fmt, objective, report)
         pairs += got
-        for o in ([objective] if objective else list(PKU_OBJECTIVES)):
+        for o in [objective] if objective else list(PKU_OBJECTIVES):
             if o not in objectives:
                 objectives.append(o)
     return pairs, objectives, report

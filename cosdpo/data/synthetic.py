@@ -24,8 +24,14 @@ N_INPUTS = 131
 LABEL_SHARES = (0.52, 0.30, 0.12, 0.04, 0.02)
 
 
-def generate(n_queries: int = 1000, seed: int = 0, mean_size: int = 24, max_size: int = 120, conflict: float = 1.5,
-             noise: float = 1.0):
+def generate(
+    n_queries: int = 1000,
+    seed: int = 0,
+    mean_size: int = 24,
+    max_size: int = 120,
+    conflict: float = 1.5,
+    noise: float = 1.0,
+):
     """Return (X (n, 136), labels (n,), qid (n,)) as numpy arrays.
 
     ``noise`` scales the noise of the input features: lower makes the

@@ -39,8 +39,9 @@ def encode_pair(tokenizer, prompt, chosen: str, rejected: str, max_length: int, 
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     c, r = (_ids(tokenizer(x, add_special_tokens=False)) + [tokenizer.eos_token_id] for x in (chosen, rejected))
-    starts = [len(system)] + ([i for i in range(len(system) + 1, len(messages)) if messages[i]["role"] == "user"]
-                              if truncate else [])
+    starts = [len(system)] + (
+        [i for i in range(len(system) + 1, len(messages)) if messages[i]["role"] == "user"] if truncate else []
+    )
     for start in starts:
         p = prompt_ids(tokenizer, system + messages[start:])
         if len(p) + max(len(c), len(r)) <= max_length:
@@ -55,9 +56,9 @@ def pad_sequences(encoded, pad_id: int) -> dict[str, torch.Tensor]:
     attn = torch.zeros((len(encoded), T), dtype=torch.long)
     resp = torch.zeros((len(encoded), T), dtype=torch.bool)
     for i, (p, r) in enumerate(encoded):
-        ids[i, :len(p) + len(r)] = torch.tensor(p + r)
-        attn[i, :len(p) + len(r)] = 1
-        resp[i, len(p):len(p) + len(r)] = True
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        attn[i, : len(p) + len(r)] = 1
+        resp[i, len(p) : len(p) + len(r)] = True
     return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
 
 
@@ -86,8 +87,7 @@ class PreferenceSet:
         self.lengths = np.array([len(p) + len(r) for p, r in self.sequences], dtype=np.int64)
 
     @classmethod
-    def build(cls, pairs, tokenizer, objectives, max_length: int, report=None,
-              truncate: bool = True) -> "PreferenceSet":
+    def build(cls, pairs, tokenizer, objectives, max_length: int, report=None, truncate: bool = True) -> PreferenceSet:
         """Encode ``pairs`` (see ``encode_pair``); ``report`` counts the pairs whose prompt was cut to its
         last turns and those that still do not fit in ``max_length`` tokens."""
         index: dict = {}
@@ -121,15 +121,21 @@ class PreferenceSet:
     def __len__(self) -> int:
         return len(self.chosen)
 
-    def subset(self, records) -> "PreferenceSet":
+    def subset(self, records) -> PreferenceSet:
         """The given records, with only the sequences (and reference log-probs) they use."""
         records = np.asarray(records, dtype=np.int64)
         used = np.unique(np.concatenate([self.chosen[records], self.rejected[records]]))
         remap = np.full(len(self.sequences), -1, dtype=np.int64)
         remap[used] = np.arange(len(used))
-        out = PreferenceSet([self.sequences[i] for i in used], remap[self.chosen[records]],
-                            remap[self.rejected[records]], self.objective[records], self.objectives, self.pad_id,
-                            [self.sources[i] for i in records] if self.sources else [])
+        out = PreferenceSet(
+            [self.sequences[i] for i in used],
+            remap[self.chosen[records]],
+            remap[self.rejected[records]],
+            self.objective[records],
+            self.objectives,
+            self.pad_id,
+            [self.sources[i] for i in records] if self.sources else [],
+        )
         out.ref = None if self.ref is None else self.ref[used]
         return out
 
@@ -145,8 +151,8 @@ class PreferenceSet:
         chunk = 16 * batch_size
         batches = []
         for start in range(0, len(order), chunk):
-            part = order[start:start + chunk][np.argsort(size[start:start + chunk], kind="stable")]
-            batches += [part[i:i + batch_size].tolist() for i in range(0, len(part), batch_size)]
+            part = order[start : start + chunk][np.argsort(size[start : start + chunk], kind="stable")]
+            batches += [part[i : i + batch_size].tolist() for i in range(0, len(part), batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def sequence_batches(self, max_tokens: int = 4096):
@@ -167,8 +173,9 @@ class PreferenceSet:
     def batch(self, records, device="cpu") -> dict:
         """The records' distinct sequences, padded, and where each record's pair sits among them."""
         records = np.asarray(records, dtype=np.int64)
-        seq_ids, inverse = np.unique(np.concatenate([self.chosen[records], self.rejected[records]]),
-                                     return_inverse=True)
+        seq_ids, inverse = np.unique(
+            np.concatenate([self.chosen[records], self.rejected[records]]), return_inverse=True
+        )
         n = len(records)
         out = self.pad(seq_ids, device) | {
             "chosen": torch.as_tensor(inverse[:n], device=device),

@@ -36,8 +36,9 @@ def score_base(model, data: RankingSet, max_items: int = 16384) -> np.ndarray:
 
 
 @torch.no_grad()
-def score_conditioned(model, data: RankingSet, weights, base: np.ndarray | None = None,
-                      max_items: int = 16384, beta=None) -> np.ndarray:
+def score_conditioned(
+    model, data: RankingSet, weights, base: np.ndarray | None = None, max_items: int = 16384, beta=None
+) -> np.ndarray:
     """Scores (M, n_items) of a conditioned ranker under each of M weight vectors.
 
     ``beta``: serving temperature (a number, or a K-vector for tcos models).
@@ -57,8 +58,13 @@ def score_conditioned(model, data: RankingSet, weights, base: np.ndarray | None 
         ref = torch.zeros_like(b["main"])
         ref[b["mask"]] = torch.from_numpy(base[flat]).to(dev)
         B = len(groups)
-        s = model(b["x"].repeat(M, 1, 1), b["mask"].repeat(M, 1), w_all.repeat_interleave(B, dim=0),
-                  base_scores=ref.repeat(M, 1), beta=beta)
+        s = model(
+            b["x"].repeat(M, 1, 1),
+            b["mask"].repeat(M, 1),
+            w_all.repeat_interleave(B, dim=0),
+            base_scores=ref.repeat(M, 1),
+            beta=beta,
+        )
         out[:, flat] = s.view(M, B, -1)[:, b["mask"]].float().cpu().numpy()
     return out
 
@@ -80,8 +86,17 @@ def ndcg_report(data: RankingSet, scores: np.ndarray, k: int = 10, empty: str = 
     }
 
 
-def ranker_front(model, data: RankingSet, grid=None, k: int = 10, reference=None, empty: str = "skip",
-                 max_items: int = 16384, beta=None, base: np.ndarray | None = None) -> dict:
+def ranker_front(
+    model,
+    data: RankingSet,
+    grid=None,
+    k: int = 10,
+    reference=None,
+    empty: str = "skip",
+    max_items: int = 16384,
+    beta=None,
+    base: np.ndarray | None = None,
+) -> dict:
     """The front of a conditioned ranker on ``data``: everything ``front.json`` holds.
 
     ``base``: the base model's scores on ``data``, if already computed.
@@ -90,11 +105,21 @@ def ranker_front(model, data: RankingSet, grid=None, k: int = 10, reference=None
     base = score_base(model.base, data, max_items) if base is None else base
     scores = score_conditioned(model, data, grid, base, max_items, beta)
     return front_from_scores(data, grid, scores, base, model.schema.objective_names, k, reference, empty) | {
-        "method": model.method, "beta": model.beta if beta is None else np.asarray(beta, dtype=float).tolist()}
+        "method": model.method,
+        "beta": model.beta if beta is None else np.asarray(beta, dtype=float).tolist(),
+    }
 
 
-def front_from_scores(data: RankingSet, grid, scores: np.ndarray, base: np.ndarray, objectives, k: int = 10,
-                      reference=None, empty: str = "skip") -> dict:
+def front_from_scores(
+    data: RankingSet,
+    grid,
+    scores: np.ndarray,
+    base: np.ndarray,
+    objectives,
+    k: int = 10,
+    reference=None,
+    empty: str = "skip",
+) -> dict:
     """A front from the scores (M, n_items) that some method gives under each of M weights."""
     grid = np.asarray(grid, dtype=np.float64)
     K = len(objectives)
@@ -121,8 +146,19 @@ def front_from_scores(data: RankingSet, grid, scores: np.ndarray, base: np.ndarr
     }
 
 
-def front_job(model_dir, data, out, split: str = "test", grid: int | None = None, grid_kind: str = "lattice",
-              k: int = 10, reference=None, empty: str = "skip", split_seed: int = 0, beta=None) -> dict:
+def front_job(
+    model_dir,
+    data,
+    out,
+    split: str = "test",
+    grid: int | None = None,
+    grid_kind: str = "lattice",
+    k: int = 10,
+    reference=None,
+    empty: str = "skip",
+    split_seed: int = 0,
+    beta=None,
+) -> dict:
     """Load a conditioned ranker, measure its front on a split, write front.json and front.png."""
     model = load_ranker(model_dir)
     if not isinstance(model, ConditionedRanker):
@@ -131,10 +167,16 @@ def front_job(model_dir, data, out, split: str = "test", grid: int | None = None
     weights = weight_grid(model.n_objectives, grid, grid_kind, split_seed)
     test = RankingSet.load(data, split, model.schema, split_seed)
     front = ranker_front(model, test, weights, k, reference, empty, beta=beta) | {
-        "model": str(model_dir), "data": str(data), "split": split}
+        "model": str(model_dir),
+        "data": str(data),
+        "split": split,
+    }
     out = Path(out)
     write_json(out / "front.json", front)
     label = {"wcos": "Weight-COS-DPO", "tcos": "Temperature-COS-DPO"}[model.method]
-    plot_fronts({f"{label}, beta={front['beta']}": front}, out / "front.png",
-                title=f"Pareto front on {Path(str(data)).name} ({split}), HV {front['hypervolume']:.4g}")
+    plot_fronts(
+        {f"{label}, beta={front['beta']}": front},
+        out / "front.png",
+        title=f"Pareto front on {Path(str(data)).name} ({split}), HV {front['hypervolume']:.4g}",
+    )
     return front

@@ -31,8 +31,10 @@ def longer_wins(gap: np.ndarray, objective: np.ndarray, objectives: list) -> dic
     log-probs over response tokens, so length is the first thing a short run
     can learn, and a front should be read against it.
     """
-    return {o: float(np.mean((gap[objective == k] > 0) + 0.5 * (gap[objective == k] == 0)))
-            for k, o in enumerate(objectives)}
+    return {
+        o: float(np.mean((gap[objective == k] > 0) + 0.5 * (gap[objective == k] == 0)))
+        for k, o in enumerate(objectives)
+    }
 
 
 def length_split(front: dict, gap: np.ndarray) -> dict:
@@ -46,8 +48,10 @@ def length_split(front: dict, gap: np.ndarray) -> dict:
     out = {}
     for k, o in enumerate(front["objectives"]):
         longer, shorter = (obj == k) & (gap > 0), (obj == k) & (gap < 0)
-        out[o] = {corner: (float(np.mean(m[i][longer] > 0)), float(np.mean(m[i][shorter] > 0)))
-                  for corner, i in (("own", np.argmax(w[:, k])), ("other", np.argmin(w[:, k])))}
+        out[o] = {
+            corner: (float(np.mean(m[i][longer] > 0)), float(np.mean(m[i][shorter] > 0)))
+            for corner, i in (("own", np.argmax(w[:, k])), ("other", np.argmin(w[:, k])))
+        }
         out[o]["pairs"] = (int(longer.sum()), int(shorter.sum()))
     return out
 
@@ -133,8 +137,10 @@ def seed_summary(fronts: list[dict]) -> dict:
     first = fronts[0]
     for i, f in enumerate(fronts[1:], 2):
         if f["objectives"] != first["objectives"] or not np.allclose(f["weights"], first["weights"]):
-            raise ValueError(f"front {i} is over other objectives or weights than front 1: "
-                             "fronts over different objectives or weights cannot be summarised together")
+            raise ValueError(
+                f"front {i} is over other objectives or weights than front 1: "
+                "fronts over different objectives or weights cannot be summarised together"
+            )
     w = np.asarray(first["weights"], dtype=float)
     points = np.array([f["points"] for f in fronts], dtype=float)
     margins = np.array([f["margins"] for f in fronts], dtype=float)
@@ -142,12 +148,21 @@ def seed_summary(fronts: list[dict]) -> dict:
     def slopes(values):  # runs x objectives
         return np.array([[np.polyfit(w[:, k], v[:, k], 1)[0] for k in range(w.shape[1])] for v in values])
 
-    return {"objectives": first["objectives"], "weights": w.tolist(), "runs": len(fronts),
-            "mean": points.mean(0).tolist(), "std": points.std(0, ddof=1).tolist() if len(fronts) > 1 else None,
-            "mean_margins": margins.mean(0).tolist(), "slopes": slopes(points).tolist(),
-            "margin_slopes": slopes(margins).tolist(),
-            "mean_length_balanced": (np.mean([f["length_balanced"] for f in fronts], 0).tolist()
-                                     if all("length_balanced" in f for f in fronts) else None)}
+    return {
+        "objectives": first["objectives"],
+        "weights": w.tolist(),
+        "runs": len(fronts),
+        "mean": points.mean(0).tolist(),
+        "std": points.std(0, ddof=1).tolist() if len(fronts) > 1 else None,
+        "mean_margins": margins.mean(0).tolist(),
+        "slopes": slopes(points).tolist(),
+        "margin_slopes": slopes(margins).tolist(),
+        "mean_length_balanced": (
+            np.mean([f["length_balanced"] for f in fronts], 0).tolist()
+            if all("length_balanced" in f for f in fronts)
+            else None
+        ),
+    }
 
 
 def read_front(path) -> dict:
@@ -170,8 +185,15 @@ def mean_front(fronts: list[dict], labels: list[str], summary: dict) -> dict[str
     fronts of the same runs.
     """
     ref = fronts[0].get("reference_point")
-    mean = {"objectives": summary["objectives"], "weights": summary["weights"], "points": summary["mean"],
-            "metric": fronts[0].get("metric", "accuracy"), "hypervolume": hypervolume(summary["mean"], ref)}
-    runs = {label: f if "hypervolume" in f else {**f, "hypervolume": hypervolume(f["points"], f.get("reference_point"))}
-            for label, f in zip(labels, fronts)}
+    mean = {
+        "objectives": summary["objectives"],
+        "weights": summary["weights"],
+        "points": summary["mean"],
+        "metric": fronts[0].get("metric", "accuracy"),
+        "hypervolume": hypervolume(summary["mean"], ref),
+    }
+    runs = {
+        label: f if "hypervolume" in f else {**f, "hypervolume": hypervolume(f["points"], f.get("reference_point"))}
+        for label, f in zip(labels, fronts)
+    }
     return {**runs, f"mean of {len(fronts)}": mean}

@@ -33,8 +33,14 @@ def draw_fronts(ax, fronts: dict[str, dict], i: int = 0, j: int = 1, annotate: b
     for label, front in fronts.items():
         pts = np.asarray(front["points"])
         order = np.argsort(np.asarray(front["weights"])[:, i]) if K == 2 else slice(None)
-        ax.plot(pts[order, i], pts[order, j], "-o" if K == 2 else "o", ms=4, alpha=0.85,
-                label=f"{label} (HV {front['hypervolume']:.4g})")
+        ax.plot(
+            pts[order, i],
+            pts[order, j],
+            "-o" if K == 2 else "o",
+            ms=4,
+            alpha=0.85,
+            label=f"{label} (HV {front['hypervolume']:.4g})",
+        )
         if K == 2 and annotate:
             for w, p in zip(front["weights"], pts):
                 if w[0] in (0.0, 0.5, 1.0):
@@ -63,7 +69,7 @@ def plot_fronts(fronts: dict[str, dict], path, title: str | None = None):
     fig, axes = new_figure(rows, cols, figsize=(5.2 * cols, 4.4 * rows))
     for ax, (i, j) in zip(axes.flat, pairs):
         draw_fronts(ax, fronts, i, j)
-    for ax in list(axes.flat)[len(pairs):]:
+    for ax in list(axes.flat)[len(pairs) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8, loc="best")
     fig.suptitle(title or ("Pareto front" if K == 2 else f"Pareto front, pairwise projections (K={K})"))

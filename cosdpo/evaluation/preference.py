@@ -26,16 +26,27 @@ from .metrics import hypervolume
 
 
 @torch.no_grad()
-def sequence_scores(policy, data: PreferenceSet, w=None, *, reference: bool = False, max_tokens: int = 4096,
-                    progress: bool = False, desc: str = "scoring") -> np.ndarray:
+def sequence_scores(
+    policy,
+    data: PreferenceSet,
+    w=None,
+    *,
+    reference: bool = False,
+    max_tokens: int = 4096,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> np.ndarray:
     """log pi(y | x) of every sequence of ``data`` under ``w`` (or under the reference)."""
     device = next(policy.parameters()).device
     out = np.zeros(len(data.sequences), dtype=np.float64)
     for ids in tqdm(data.sequence_batches(max_tokens), desc=desc, disable=not progress, leave=False):
         b = data.pad(ids, device)
         keep = response_window(b["response_mask"])
-        logits = (policy.reference_logits(b["input_ids"], b["attention_mask"], keep) if reference
-                  else policy(b["input_ids"], b["attention_mask"], w, keep))
+        logits = (
+            policy.reference_logits(b["input_ids"], b["attention_mask"], keep)
+            if reference
+            else policy(b["input_ids"], b["attention_mask"], w, keep)
+        )
         out[ids] = sequence_logprobs(logits, b["input_ids"], b["response_mask"]).double().cpu().numpy()
     return out
 
@@ -76,8 +87,15 @@ def logprob_shift(data: PreferenceSet, scores: np.ndarray) -> float:
     return float(np.mean((scores - data.ref) / lengths))
 
 
-def preference_front(data: PreferenceSet, grid, scores_at: Callable[[np.ndarray], np.ndarray], beta: float,
-                     reference_point=None, progress: bool = False, keep_pairs: bool = False) -> dict:
+def preference_front(
+    data: PreferenceSet,
+    grid,
+    scores_at: Callable[[np.ndarray], np.ndarray],
+    beta: float,
+    reference_point=None,
+    progress: bool = False,
+    keep_pairs: bool = False,
+) -> dict:
     """Accuracy and mean margin per objective at each w of ``grid``.
 
     ``logprob_shift`` holds each w's mean log-prob change per response token
@@ -113,8 +131,13 @@ def preference_front(data: PreferenceSet, grid, scores_at: Callable[[np.ndarray]
     } | ({"pair_margins": pair_margins, "pair_objective": data.objective.tolist()} if keep_pairs else {})
 
 
-def generation_front(generate_at: Callable[[np.ndarray], list[str]], prompts, grid,
-                     scorers: dict[str, Callable[[object, str], float]], reference_point=None) -> dict:
+def generation_front(
+    generate_at: Callable[[np.ndarray], list[str]],
+    prompts,
+    grid,
+    scorers: dict[str, Callable[[object, str], float]],
+    reference_point=None,
+) -> dict:
     """Mean score per objective of the responses generated at each w.
 
     ``generate_at(w)`` returns one response per prompt; ``scorers`` maps an
@@ -128,5 +151,12 @@ def generation_front(generate_at: Callable[[np.ndarray], list[str]], prompts, gr
         samples.append(responses)
     points = np.array(points)
     ref = np.zeros(len(scorers)) if reference_point is None else np.asarray(reference_point, float)
-    return {"objectives": list(scorers), "metric": "mean score", "weights": grid.tolist(), "points": points.tolist(),
-            "hypervolume": hypervolume(points, ref), "reference_point": ref.tolist(), "samples": samples}
+    return {
+        "objectives": list(scorers),
+        "metric": "mean score",
+        "weights": grid.tolist(),
+        "points": points.tolist(),
+        "hypervolume": hypervolume(points, ref),
+        "reference_point": ref.tolist(),
+        "samples": samples,
+    }

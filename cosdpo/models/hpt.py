@@ -118,7 +118,7 @@ class HPTModel(nn.Module):
         self.precision = "fp32"
         self.lora_mix = LoRAMix(model, cfg.n_objectives) if cfg.lora_mix else None
 
-    def set_compute(self, precision: str = "fp32", attention: str = "auto") -> "HPTModel":
+    def set_compute(self, precision: str = "fp32", attention: str = "auto") -> HPTModel:
         """How forwards run; a runtime choice, not part of the saved prompt.
 
         ``precision="bf16"`` runs every forward (policy, reference, generation)
@@ -156,8 +156,19 @@ class HPTModel(nn.Module):
         return nullcontext() if self.lora_mix is None else self.lora_mix.weights(rows)
 
     @classmethod
-    def wrap(cls, model, n_objectives: int, n_tokens: int = 8, rank: int = 4, hidden: int = 64, seed: int = 0,
-             conditioned: bool = True, alpha: float = 0.3, mask: str = "linear", lora_mix: bool = False):
+    def wrap(
+        cls,
+        model,
+        n_objectives: int,
+        n_tokens: int = 8,
+        rank: int = 4,
+        hidden: int = 64,
+        seed: int = 0,
+        conditioned: bool = True,
+        alpha: float = 0.3,
+        mask: str = "linear",
+        lora_mix: bool = False,
+    ):
         """Wrap ``model``; the prefix starts as the embeddings of ``n_tokens`` random vocabulary tokens."""
         emb = model.get_input_embeddings().weight
         g = torch.Generator().manual_seed(seed)
@@ -173,8 +184,9 @@ class HPTModel(nn.Module):
             raise ValueError(f"w has {w.shape[-1]} entries; the prefix was built for {self.cfg.n_objectives}")
         embeds = self.model.get_input_embeddings()(input_ids)
         prefix = self.hpt(w).to(embeds.dtype)
-        ones = torch.ones(input_ids.shape[0], self.cfg.n_tokens, dtype=attention_mask.dtype,
-                          device=attention_mask.device)
+        ones = torch.ones(
+            input_ids.shape[0], self.cfg.n_tokens, dtype=attention_mask.dtype, device=attention_mask.device
+        )
         return torch.cat([prefix, embeds], dim=1), torch.cat([ones, attention_mask], dim=1), w
 
     def forward(self, input_ids, attention_mask, w, keep: int = 0):
@@ -184,9 +196,10 @@ class HPTModel(nn.Module):
         if not 0 <= keep <= input_ids.shape[1]:
             raise ValueError(f"keep must be within 0..{input_ids.shape[1]}, got {keep}")
         with self.autocast(input_ids.device), self.lora_weights(rows):
-            logits = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask),
-                                logits_to_keep=keep).logits
-        return logits if keep else logits[:, self.cfg.n_tokens:]
+            logits = self.model(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), logits_to_keep=keep
+            ).logits
+        return logits if keep else logits[:, self.cfg.n_tokens :]
 
     def reference_logits(self, input_ids, attention_mask, keep: int = 0):
         """The base model's logits: adapters off, no prefix (``keep`` as in ``forward``)."""
@@ -220,7 +233,10 @@ class HPTModel(nn.Module):
         if (out_dir / "adapter_config.json").is_file() and not hasattr(model, "peft_config"):
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(out_dir))
+            from .llm import peft_wrapping
+
+            with peft_wrapping():
+                model = PeftModel.from_pretrained(model, str(out_dir))
         saved = json.loads((out_dir / HPT_CONFIG).read_text())
         check_format(saved, HPT_FORMAT, out_dir / HPT_CONFIG)
         saved = {k: v for k, v in saved.items() if k not in HPT_FORMAT}

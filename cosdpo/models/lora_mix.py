@@ -36,8 +36,10 @@ class LoRAMix:
             if isinstance(module, LoraLayer):
                 for name, proj in module.lora_A.items():
                     if proj.out_features % n_objectives:
-                        raise ValueError(f"a w-mixed LoRA needs a rank divisible by {n_objectives} objectives; "
-                                         f"adapter {name!r} has rank {proj.out_features}")
+                        raise ValueError(
+                            f"a w-mixed LoRA needs a rank divisible by {n_objectives} objectives; "
+                            f"adapter {name!r} has rank {proj.out_features}"
+                        )
                     self.handles.append(proj.register_forward_hook(self._scale))
         if not self.handles:
             raise ValueError("a w-mixed LoRA needs LoRA adapters (lora_rank >= 1)")

@@ -132,9 +132,17 @@ class ConditionedRanker(nn.Module):
 
     kind = "conditioned"
 
-    def __init__(self, base: BaseRanker, schema: Schema, cfg: ScorerConfig | None = None,
-                 parametrisation: str = "augment", beta: float = 1.0, alpha: float = 1.0, method: str = "wcos",
-                 beta_range: tuple[float, float] = (0.1, 10.0)):
+    def __init__(
+        self,
+        base: BaseRanker,
+        schema: Schema,
+        cfg: ScorerConfig | None = None,
+        parametrisation: str = "augment",
+        beta: float = 1.0,
+        alpha: float = 1.0,
+        method: str = "wcos",
+        beta_range: tuple[float, float] = (0.1, 10.0),
+    ):
         super().__init__()
         if parametrisation not in PARAMETRISATIONS:
             raise ValueError(f"parametrisation must be one of {PARAMETRISATIONS}, got {parametrisation!r}")
@@ -178,11 +186,14 @@ class ConditionedRanker(nn.Module):
         if not torch.all(torch.isfinite(b)) or torch.any(b <= 0):
             raise ValueError(f"temperatures must be finite and > 0, got {b.tolist()}")
         if len(b) not in (1, self.n_objectives):
-            raise ValueError(f"got {len(b)} temperatures for {self.n_objectives} objectives "
-                             f"{self.schema.objective_names}")
+            raise ValueError(
+                f"got {len(b)} temperatures for {self.n_objectives} objectives {self.schema.objective_names}"
+            )
         if len(b) > 1 and self.method != "tcos":
-            raise ValueError("a Weight-COS model has one temperature: give a single beta (a per-objective "
-                             "vector needs a Temperature-COS model, --method tcos)")
+            raise ValueError(
+                "a Weight-COS model has one temperature: give a single beta (a per-objective "
+                "vector needs a Temperature-COS model, --method tcos)"
+            )
         return b
 
     def forward(self, x, mask, w, base_scores=None, beta=None):
@@ -256,8 +267,16 @@ def build_ranker(config: dict) -> nn.Module:
         return BaseRanker(schema, ScorerConfig(**config["scorer"]))
     if config["kind"] == "conditioned":
         base = build_ranker(config["base"])
-        return ConditionedRanker(base, schema, ScorerConfig(**config["scorer"]), config["parametrisation"],
-                                 config["beta"], config["alpha"], config["method"], tuple(config["beta_range"]))
+        return ConditionedRanker(
+            base,
+            schema,
+            ScorerConfig(**config["scorer"]),
+            config["parametrisation"],
+            config["beta"],
+            config["alpha"],
+            config["method"],
+            tuple(config["beta_range"]),
+        )
     raise ValueError(f"unknown ranker kind {config['kind']!r}")
 
 

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from ..atomic import write_json
+from ..config import check_choices, option
 from ..data.groups import RankingSet
 from ..data.letor import load_split
 from ..evaluation.front import front_from_scores, score_base, score_conditioned
-from ..config import check_choices, option
-from ..simplex import GRID_KINDS, weight_grid
 from ..evaluation.plot import new_figure, plot_fronts, save_figure
 from ..models.ranker import count_trainable
+from ..simplex import GRID_KINDS, weight_grid
 from .ltr import FinetuneConfig, finetune
 
 METHOD_NAMES = {"wcos": "Weight-COS-DPO", "ls": "DPO-LS", "soup": "DPO Soup", "modpo": "MO-DPO"}
@@ -53,10 +53,14 @@ def check_methods(methods, known, train_method: str) -> tuple[str, ...]:
 @dataclass
 class CompareConfig:
     train: FinetuneConfig  # the settings every model is trained with (objectives included)
-    methods: tuple[str, ...] = option(tuple(METHOD_NAMES), "Any of wcos (Weight-COS-DPO), ls (DPO-LS), soup (DPO "
-                                                           "Soup), modpo (MO-DPO).", panel="Method")
-    grid: int | None = option(None, "Grid size: K = 2, N evenly spaced weights (11); K > 2, at most N (50).",
-                              panel="Evaluation")
+    methods: tuple[str, ...] = option(
+        tuple(METHOD_NAMES),
+        "Any of wcos (Weight-COS-DPO), ls (DPO-LS), soup (DPO Soup), modpo (MO-DPO).",
+        panel="Method",
+    )
+    grid: int | None = option(
+        None, "Grid size: K = 2, N evenly spaced weights (11); K > 2, at most N (50).", panel="Evaluation"
+    )
     grid_kind: str = option("lattice", "K > 2: lattice or dirichlet.", choices=GRID_KINDS, panel="Evaluation")
     overwrite: bool = False
     extra: dict = field(default_factory=dict)
@@ -90,13 +94,18 @@ def compare(data, base_dir, out, cfg: CompareConfig) -> dict:
 
     def run(name, **changes):
         t0 = time.perf_counter()
-        model, _ = finetune(data, base_dir, out / name, replace(cfg.train, **changes), overwrite=True,
-                            single_models=[m for m, _ in singles] or None)
+        model, _ = finetune(
+            data,
+            base_dir,
+            out / name,
+            replace(cfg.train, **changes),
+            overwrite=True,
+            single_models=[m for m, _ in singles] or None,
+        )
         return model, time.perf_counter() - t0
 
     def fixed(name, w, **more):
-        return run(name, method=more.pop("method", "ls"), fixed_weights=tuple(float(x) for x in w),
-                   penalty=0.0, **more)
+        return run(name, method=more.pop("method", "ls"), fixed_weights=tuple(float(x) for x in w), penalty=0.0, **more)
 
     if {"soup", "modpo"} & set(cfg.methods):
         for j in range(K):
@@ -130,23 +139,39 @@ def compare(data, base_dir, out, cfg: CompareConfig) -> dict:
         else:
             scores = np.stack([score_conditioned(m, test, [w], base)[0] for m, w in zip(models, grid)])
         fronts[method] = front_from_scores(test, grid, scores, base, cfg.train.objectives, cfg.train.k) | {
-            "train_seconds": round(seconds, 3), "trainable_params": int(n_params), "models_trained": n_models}
-    result = {"objectives": list(cfg.train.objectives), "weights": grid.tolist(), "methods": fronts,
-              "settings": asdict(cfg.train) | {"methods": list(cfg.methods), "grid": len(grid)} | cfg.extra}
+            "train_seconds": round(seconds, 3),
+            "trainable_params": int(n_params),
+            "models_trained": n_models,
+        }
+    result = {
+        "objectives": list(cfg.train.objectives),
+        "weights": grid.tolist(),
+        "methods": fronts,
+        "settings": asdict(cfg.train) | {"methods": list(cfg.methods), "grid": len(grid)} | cfg.extra,
+    }
     write_json(out / "compare.json", result)
     picture(result, out / "compare.png")
     return result
 
 
-ROWS = (("hypervolume", "{:.4g}"), ("main NDCG@10", "{:.4f} +- {:.4f}"), ("train seconds", "{:.1f}"),
-        ("trainable params", "{:,}"), ("models trained", "{}"))
+ROWS = (
+    ("hypervolume", "{:.4g}"),
+    ("main NDCG@10", "{:.4f} +- {:.4f}"),
+    ("train seconds", "{:.1f}"),
+    ("trainable params", "{:,}"),
+    ("models trained", "{}"),
+)
 
 
 def _cell(front: dict, name: str):
     if name == "main NDCG@10":
         return None if "main_ndcg" not in front else (front["main_ndcg"]["mean"], front["main_ndcg"]["std"])
-    key = {"hypervolume": "hypervolume", "train seconds": "train_seconds", "trainable params": "trainable_params",
-           "models trained": "models_trained"}[name]
+    key = {
+        "hypervolume": "hypervolume",
+        "train seconds": "train_seconds",
+        "trainable params": "trainable_params",
+        "models trained": "models_trained",
+    }[name]
     return (front[key],)
 
 
@@ -164,19 +189,22 @@ def format_table(result: dict) -> str:
     header = ["", *(METHOD_NAMES[m] for m in result["methods"])]
     rows = [header, *table_rows(result)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                     for r in rows)
+    return "\n".join(
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
+    )
 
 
 def picture(result: dict, path: Path):
     if len(result["objectives"]) == 2:
-        plot_fronts({METHOD_NAMES[m]: f for m, f in result["methods"].items()}, path,
-                    title="Fronts on the test split, same grid and budget per model")
+        plot_fronts(
+            {METHOD_NAMES[m]: f for m, f in result["methods"].items()},
+            path,
+            title="Fronts on the test split, same grid and budget per model",
+        )
         return
     fig, axes = new_figure(figsize=(2.2 + 2.2 * len(result["methods"]), 2.2))
     ax = axes[0, 0]
     ax.axis("off")
-    ax.table(cellText=table_rows(result), colLabels=["", *(METHOD_NAMES[m] for m in result["methods"])],
-             loc="center")
+    ax.table(cellText=table_rows(result), colLabels=["", *(METHOD_NAMES[m] for m in result["methods"])], loc="center")
     ax.set_title(f"K = {len(result['objectives'])}: {', '.join(result['objectives'])}")
     save_figure(fig, path)

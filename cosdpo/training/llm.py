@@ -31,14 +31,23 @@ from ..atomic import atomic_file, write_json
 from ..config import from_dict, option, redefault, to_dict
 from ..data.preferences import load_many, split_pairs
 from ..data.tokenize import PreferenceSet
-from ..simplex import check_simplex, draw_weights, weight_grid
+from ..evaluation.plot import plot_fronts
 from ..evaluation.preference import preference_front, sequence_scores
 from ..losses import dpo, response_window, sequence_logprobs, weight_cos
 from ..models.hpt import ATTENTIONS, MASKS, PRECISIONS, HPTModel
-from ..evaluation.plot import plot_fronts
-from ..models.llm import (DEFAULT_MODEL, LORA_TARGETS, POLICY_FILE, POLICY_FORMAT, add_lora, load_base, load_policy,
-                          read_policy_info, save_policy)
+from ..models.llm import (
+    DEFAULT_MODEL,
+    LORA_TARGETS,
+    POLICY_FILE,
+    POLICY_FORMAT,
+    add_lora,
+    load_base,
+    load_policy,
+    read_policy_info,
+    save_policy,
+)
 from ..models.ranker import count_trainable
+from ..simplex import check_simplex, draw_weights, weight_grid
 from .loop import TrainConfig, finish_run, job_settings, make_accelerator, prepare_out, start_run, train
 
 LLM_METHODS = ("wcos", "ls")
@@ -51,53 +60,78 @@ class LLMConfig(TrainConfig):
     """One LLM fine-tuning job. Sizes default to what fits a laptop CPU; the method's defaults are the
     setting whose front followed w on HH-RLHF (docs/llm.md, "Defaults and the paper")."""
 
-    model: str = option(DEFAULT_MODEL, "Hugging Face folder or hub id; smollm2 = the packaged "
-                                       "SmolLM2-135M-Instruct, converted once into $COSDPO_CACHE.", panel="Model")
-    objectives: tuple[str, ...] = option((), "Comma-separated subset of the data's objectives (default: all).",
-                                         panel="Data and output")
-    method: str = option("wcos", "wcos: one policy conditioned on w (Weight-COS-DPO); ls: one policy for "
-                                 "--weights (DPO-LS).", choices=LLM_METHODS, panel="Method")
-    fixed_weights: tuple[float, ...] | None = option(None, "Train one unconditioned policy for this w (DPO-LS).",
-                                                     panel="Method", cli="--weights")
+    model: str = option(
+        DEFAULT_MODEL,
+        "Hugging Face folder or hub id; smollm2 = the packaged "
+        "SmolLM2-135M-Instruct, converted once into $COSDPO_CACHE.",
+        panel="Model",
+    )
+    objectives: tuple[str, ...] = option(
+        (), "Comma-separated subset of the data's objectives (default: all).", panel="Data and output"
+    )
+    method: str = option(
+        "wcos",
+        "wcos: one policy conditioned on w (Weight-COS-DPO); ls: one policy for --weights (DPO-LS).",
+        choices=LLM_METHODS,
+        panel="Method",
+    )
+    fixed_weights: tuple[float, ...] | None = option(
+        None, "Train one unconditioned policy for this w (DPO-LS).", panel="Method", cli="--weights"
+    )
     beta: float = option(0.1, "Training temperature of DPO (serve another one with --beta-prime).", panel="Method")
-    alpha: float = option(0.3, "Dirichlet concentration of the w draws (small: corners, wider front).",
-                          panel="Method")
-    weight_sampling: str = option("pair", "pair: each pair its own w from Dir(alpha + e_k) of its objective k; "
-                                          "step: one w per step (the paper).", choices=WEIGHT_SAMPLING,
-                                  panel="Method")
-    penalty: float = option(0.0, "lambda, weight of the cosine penalty (needs --weight-sampling step).",
-                            panel="Method")
-    lora_rank: int = option(8, "LoRA rank per objective block (0: no LoRA, the prompt alone trains).",
-                            panel="Model")
-    lora_mix: bool = option(True, "Condition the LoRA on w too, as sum_k w_k B_k A_k (--no-lora-mix: one "
-                                  "shared LoRA, the paper).", panel="Model")
+    alpha: float = option(0.3, "Dirichlet concentration of the w draws (small: corners, wider front).", panel="Method")
+    weight_sampling: str = option(
+        "pair",
+        "pair: each pair its own w from Dir(alpha + e_k) of its objective k; step: one w per step (the paper).",
+        choices=WEIGHT_SAMPLING,
+        panel="Method",
+    )
+    penalty: float = option(0.0, "lambda, weight of the cosine penalty (needs --weight-sampling step).", panel="Method")
+    lora_rank: int = option(8, "LoRA rank per objective block (0: no LoRA, the prompt alone trains).", panel="Model")
+    lora_mix: bool = option(
+        True,
+        "Condition the LoRA on w too, as sum_k w_k B_k A_k (--no-lora-mix: one shared LoRA, the paper).",
+        panel="Model",
+    )
     lora_alpha: float = option(16.0, "LoRA scaling alpha (per rank block).", panel="Model")
     lora_targets: tuple[str, ...] = option(LORA_TARGETS, "Module names LoRA adapts.", panel="Model")
     prompt_tokens: int = option(8, "Virtual tokens of the Hyper Prompt.", panel="Model")
     prompt_rank: int = option(4, "Rank r of the Hyper Prompt's mask M = A B.", panel="Model")
     prompt_hidden: int = option(64, "Hidden width of the MLPs that map w to A and B.", panel="Model")
-    prompt_mask: str = option("tanh", "tanh: the mask kept within (0, 2); linear: M = A B (the paper).",
-                              choices=MASKS, panel="Model")
-    prompt_lr: float = option(5e-3, "Learning rate of the Hyper Prompt (0: --lr); prompt tuning wants a "
-                                    "larger one than LoRA.")
+    prompt_mask: str = option(
+        "tanh", "tanh: the mask kept within (0, 2); linear: M = A B (the paper).", choices=MASKS, panel="Model"
+    )
+    prompt_lr: float = option(
+        5e-3, "Learning rate of the Hyper Prompt (0: --lr); prompt tuning wants a larger one than LoRA."
+    )
     max_length: int = option(512, "Tokens per prompt + response.", panel="Data and output")
-    truncate_prompt: bool = option(True, "Fit a longer pair by dropping its dialogue's earliest turns (else the "
-                                         "pair is counted and left out).", panel="Data and output")
+    truncate_prompt: bool = option(
+        True,
+        "Fit a longer pair by dropping its dialogue's earliest turns (else the pair is counted and left out).",
+        panel="Data and output",
+    )
     max_pairs: int = option(0, "Training pairs per objective (0: all).", panel="Data and output")
-    held_out: float = option(0.1, "Fraction of prompts kept out of training for evaluation.",
-                             panel="Data and output")
+    held_out: float = option(0.1, "Fraction of prompts kept out of training for evaluation.", panel="Data and output")
     split_seed: int = option(0, "Seed of the held-out split of the prompts.", panel="Data and output")
-    val_pairs: int = option(32, "Held-out pairs per objective used for validation during training.",
-                            panel="Evaluation")
+    val_pairs: int = option(32, "Held-out pairs per objective used for validation during training.", panel="Evaluation")
     val_grid: int = option(3, "Grid weights of the validation front.", panel="Evaluation")
-    cache_reference: bool = option(True, "Compute the reference log-probs once per dataset (else every step).",
-                                   panel="Runtime")
+    cache_reference: bool = option(
+        True, "Compute the reference log-probs once per dataset (else every step).", panel="Runtime"
+    )
     max_tokens: int = option(4096, "Padded tokens per forward when scoring without gradients.", panel="Runtime")
-    precision: str = option("fp32", "fp32, or bf16: forwards under bf16 autocast, weights kept in float32 "
-                                    "(about half the step time on a GPU or an AMX CPU).", choices=PRECISIONS,
-                            panel="Runtime")
-    attention: str = option("auto", "The base's attention kernel: auto (the model's), sdpa or eager (faster "
-                                    "with bf16 on CPU).", choices=ATTENTIONS, panel="Runtime")
+    precision: str = option(
+        "fp32",
+        "fp32, or bf16: forwards under bf16 autocast, weights kept in float32 "
+        "(about half the step time on a GPU or an AMX CPU).",
+        choices=PRECISIONS,
+        panel="Runtime",
+    )
+    attention: str = option(
+        "auto",
+        "The base's attention kernel: auto (the model's), sdpa or eager (faster with bf16 on CPU).",
+        choices=ATTENTIONS,
+        panel="Runtime",
+    )
     epochs: int = redefault(TrainConfig, "epochs", 1)
     batch_size: int = redefault(TrainConfig, "batch_size", 8)
     lr: float = redefault(TrainConfig, "lr", 5e-4)
@@ -117,17 +151,28 @@ class LLMConfig(TrainConfig):
         if self.method != "wcos":  # one w: nothing to condition on, and no w to draw
             self.lora_mix, self.weight_sampling = False, "step"
         if self.weight_sampling == "pair" and self.penalty:
-            raise ValueError("--penalty needs --weight-sampling step: the cosine penalty compares the loss vector "
-                             "with one w, so it needs one w per step")
+            raise ValueError(
+                "--penalty needs --weight-sampling step: the cosine penalty compares the loss vector "
+                "with one w, so it needs one w per step"
+            )
         if self.lora_mix and not self.lora_rank:
-            raise ValueError("--lora-mix conditions the LoRA on w and needs --lora-rank >= 1 (or pass "
-                             "--no-lora-mix)")
+            raise ValueError("--lora-mix conditions the LoRA on w and needs --lora-rank >= 1 (or pass --no-lora-mix)")
         if self.prompt_lr < 0:
             raise ValueError(f"prompt_lr must be >= 0 (0 = lr), got {self.prompt_lr}")
         if not self.beta > 0 or not self.alpha > 0 or self.penalty < 0:
             raise ValueError("beta and alpha must be > 0, penalty >= 0")
-        if min(self.prompt_tokens, self.prompt_rank, self.prompt_hidden, self.max_length, self.val_pairs,
-               self.max_tokens) < 1 or min(self.max_pairs, self.lora_rank) < 0:
+        if (
+            min(
+                self.prompt_tokens,
+                self.prompt_rank,
+                self.prompt_hidden,
+                self.max_length,
+                self.val_pairs,
+                self.max_tokens,
+            )
+            < 1
+            or min(self.max_pairs, self.lora_rank) < 0
+        ):
             raise ValueError("sizes (prompt, lengths, pairs) must be >= 1 (max_pairs and lora_rank >= 0)")
         if not 0 < self.held_out < 1:
             raise ValueError(f"held_out must be in (0, 1), got {self.held_out}")
@@ -190,9 +235,18 @@ def build_policy(base, cfg: LLMConfig, n_objectives: int) -> HPTModel:
     """
     rank = cfg.lora_rank * (n_objectives if cfg.lora_mix else 1)  # w-mixed: one rank block per objective
     lora = add_lora(base, rank, cfg.lora_alpha * rank / cfg.lora_rank, cfg.lora_targets, cfg.seed) if rank else base
-    return HPTModel.wrap(lora, n_objectives, cfg.prompt_tokens, cfg.prompt_rank, cfg.prompt_hidden, cfg.seed,
-                         conditioned=cfg.method == "wcos", alpha=cfg.alpha, mask=cfg.prompt_mask,
-                         lora_mix=cfg.lora_mix).set_compute(cfg.precision, cfg.attention)
+    return HPTModel.wrap(
+        lora,
+        n_objectives,
+        cfg.prompt_tokens,
+        cfg.prompt_rank,
+        cfg.prompt_hidden,
+        cfg.seed,
+        conditioned=cfg.method == "wcos",
+        alpha=cfg.alpha,
+        mask=cfg.prompt_mask,
+        lora_mix=cfg.lora_mix,
+    ).set_compute(cfg.precision, cfg.attention)
 
 
 def _fingerprint(model_name: str, policy: HPTModel, data: PreferenceSet) -> str:
@@ -205,8 +259,9 @@ def _fingerprint(model_name: str, policy: HPTModel, data: PreferenceSet) -> str:
     return h.hexdigest()
 
 
-def reference_logprobs(policy, sets: dict[str, PreferenceSet], cfg: LLMConfig, path: Path | None,
-                       progress: bool = True):
+def reference_logprobs(
+    policy, sets: dict[str, PreferenceSet], cfg: LLMConfig, path: Path | None, progress: bool = True
+):
     """Fill each set's ``ref``, reading from ``path`` every set made from the same model and sequences
     (a run that changes only the validation pairs recomputes only those).
 
@@ -228,8 +283,14 @@ def reference_logprobs(policy, sets: dict[str, PreferenceSet], cfg: LLMConfig, p
     if not todo:
         return
     for name, s in todo.items():
-        s.ref = sequence_scores(policy, s, reference=True, max_tokens=cfg.max_tokens, progress=progress,
-                                desc=f"reference log-probs ({name})")
+        s.ref = sequence_scores(
+            policy,
+            s,
+            reference=True,
+            max_tokens=cfg.max_tokens,
+            progress=progress,
+            desc=f"reference log-probs ({name})",
+        )
     if path is not None:
         tensors = kept | {name: torch.from_numpy(s.ref) for name, s in sets.items()}
         with atomic_file(path) as f:
@@ -286,8 +347,9 @@ class PreferenceTask:
         ref = batch.get("ref")
         if self.cfg.weight_sampling == "pair" and self.cfg.fixed_weights is None:
             # every pair its own w, so a sequence shared by two pairs is scored once per pair
-            w = pair_weights(self.cfg.seed, step, self.cfg.alpha, self.K, batch["records"].tolist(),
-                             batch["objective"].tolist()).to(ids.device)
+            w = pair_weights(
+                self.cfg.seed, step, self.cfg.alpha, self.K, batch["records"].tolist(), batch["objective"].tolist()
+            ).to(ids.device)
             pick = torch.cat([c, r])
             ids, attn, resp, w = ids[pick], attn[pick], resp[pick], torch.cat([w, w])
             ref = None if ref is None else ref[pick]
@@ -301,8 +363,7 @@ class PreferenceTask:
         else:  # no cache: the reference forward runs every step, as in TRL
             ref = sequence_logprobs(getattr(model, "module", model).reference_logits(ids, attn, keep), ids, resp)
         per_pair, _ = dpo(logp[c], logp[r], ref[c], ref[r], self.cfg.beta, reduction="none")
-        sums = torch.zeros(self.K, dtype=per_pair.dtype, device=ids.device).index_add(0, batch["objective"],
-                                                                                      per_pair)
+        sums = torch.zeros(self.K, dtype=per_pair.dtype, device=ids.device).index_add(0, batch["objective"], per_pair)
         return sums, torch.bincount(batch["objective"], minlength=self.K)
 
     def counts(self, data: PreferenceSet, records) -> torch.Tensor:
@@ -314,9 +375,11 @@ class PreferenceTask:
 
     def validate(self, model) -> float:
         """Hypervolume of held-out accuracies over a small grid; one model for one w: w . accuracy."""
+
         def scores_at(w):
-            return sequence_scores(model, self.vali, torch.tensor(w, dtype=torch.float32),
-                                   max_tokens=self.cfg.max_tokens)
+            return sequence_scores(
+                model, self.vali, torch.tensor(w, dtype=torch.float32), max_tokens=self.cfg.max_tokens
+            )
 
         if self.cfg.fixed_weights is not None:
             w = np.asarray(self.cfg.fixed_weights)
@@ -324,9 +387,19 @@ class PreferenceTask:
         return preference_front(self.vali, self.grid, scores_at, self.cfg.beta)["hypervolume"]
 
 
-def finetune_llm(data: str, out, cfg: LLMConfig, *, fmt: str | None = None, resume: bool = False,
-                 overwrite: bool = False, accelerator: Accelerator | None = None, base=None,
-                 reference_file=None, log=print) -> tuple[HPTModel, dict]:
+def finetune_llm(
+    data: str,
+    out,
+    cfg: LLMConfig,
+    *,
+    fmt: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    accelerator: Accelerator | None = None,
+    base=None,
+    reference_file=None,
+    log=print,
+) -> tuple[HPTModel, dict]:
     """Fine-tune ``cfg.model`` on the preference data ``data`` (``OBJ=PATH,...`` or a PKU path).
 
     ``base`` = (model, tokenizer) skips loading ``cfg.model`` (tests, the demo, comparisons);
@@ -345,8 +418,13 @@ def finetune_llm(data: str, out, cfg: LLMConfig, *, fmt: str | None = None, resu
     policy = build_policy(model, cfg, len(objectives)).to(acc.device)
     reference_file = Path(reference_file) if reference_file else out / REFERENCE_FILE
     if cfg.cache_reference:
-        reference_logprobs(policy, {"train": train_set, "vali": vali}, cfg,
-                           reference_file if acc.is_main_process else None, cfg.progress)
+        reference_logprobs(
+            policy,
+            {"train": train_set, "vali": vali},
+            cfg,
+            reference_file if acc.is_main_process else None,
+            cfg.progress,
+        )
     else:
         reference_logprobs(policy, {"vali": vali}, cfg, None, cfg.progress)
     if cfg.fixed_weights is not None:  # after the reference: one cache serves every w
@@ -354,23 +432,60 @@ def finetune_llm(data: str, out, cfg: LLMConfig, *, fmt: str | None = None, resu
     if acc.is_main_process:
         log(report.summary())
         log(f"training pairs {train_set.counts()}, validation pairs {vali.counts()}")
-    state = train(policy, PreferenceTask(cfg, vali), train_set, cfg, out,
-                  job=job_settings(cfg, data=data, objectives=objectives), resume=resume, accelerator=acc,
-                  desc=f"llm {cfg.method}")
-    metrics = {"train_seconds": round(state.seconds, 3), "steps": state.global_step, "epochs_run": state.epoch,
-               "best_val": state.best, "trainable_params": count_trainable(policy), "processes": acc.num_processes,
-               "train_pairs": train_set.counts(), "skipped_rows": dict(report.skipped)}
-    info = POLICY_FORMAT | {"base_model": cfg.model, "objectives": objectives,
-            "beta": cfg.beta, "method": cfg.method, "fixed_weights": cfg.fixed_weights, "data": data,
-            "held_out": cfg.held_out, "split_seed": cfg.split_seed, "max_length": cfg.max_length,
-            "training": metrics, "config": to_dict(cfg)}
+    state = train(
+        policy,
+        PreferenceTask(cfg, vali),
+        train_set,
+        cfg,
+        out,
+        job=job_settings(cfg, data=data, objectives=objectives),
+        resume=resume,
+        accelerator=acc,
+        desc=f"llm {cfg.method}",
+    )
+    metrics = {
+        "train_seconds": round(state.seconds, 3),
+        "steps": state.global_step,
+        "epochs_run": state.epoch,
+        "best_val": state.best,
+        "trainable_params": count_trainable(policy),
+        "processes": acc.num_processes,
+        "train_pairs": train_set.counts(),
+        "skipped_rows": dict(report.skipped),
+    }
+    info = POLICY_FORMAT | {
+        "base_model": cfg.model,
+        "objectives": objectives,
+        "beta": cfg.beta,
+        "method": cfg.method,
+        "fixed_weights": cfg.fixed_weights,
+        "data": data,
+        "held_out": cfg.held_out,
+        "split_seed": cfg.split_seed,
+        "max_length": cfg.max_length,
+        "training": metrics,
+        "config": to_dict(cfg),
+    }
     return policy, finish_run(out, acc, lambda: save_policy(policy, tokenizer, out, info), metrics, state)
 
 
-def write_front(model_dir, data: str | None, out, *, grid: int | None = None, split: str = "held-out",
-                max_pairs: int | None = None, fmt: str | None = None, policy=None, tokenizer=None,
-                progress: bool = True, keep_pairs: bool = False, reference_file=None, precision: str | None = None,
-                attention: str | None = None) -> dict:
+def write_front(
+    model_dir,
+    data: str | None,
+    out,
+    *,
+    grid: int | None = None,
+    split: str = "held-out",
+    max_pairs: int | None = None,
+    fmt: str | None = None,
+    policy=None,
+    tokenizer=None,
+    progress: bool = True,
+    keep_pairs: bool = False,
+    reference_file=None,
+    precision: str | None = None,
+    attention: str | None = None,
+) -> dict:
     """Held-out front of the policy in ``model_dir`` -> front.json and front.png in ``out``.
 
     ``split="held-out"`` re-derives the prompts the training kept out (same
@@ -406,9 +521,15 @@ def write_front(model_dir, data: str | None, out, *, grid: int | None = None, sp
         return sequence_scores(policy, test, torch.tensor(w, dtype=torch.float32), max_tokens=cfg.max_tokens)
 
     front = preference_front(test, weights, scores_at, cfg.beta, progress=progress, keep_pairs=keep_pairs) | {
-        "model": str(model_dir), "data": data, "split": split}
+        "model": str(model_dir),
+        "data": data,
+        "split": split,
+    }
     out = Path(out)
     write_json(out / "front.json", front)
-    plot_fronts({f"Weight-COS-DPO (HPT + LoRA), beta={cfg.beta}": front}, out / "front.png",
-                title=f"Held-out preference accuracy, HV {front['hypervolume']:.4g}")
+    plot_fronts(
+        {f"Weight-COS-DPO (HPT + LoRA), beta={cfg.beta}": front},
+        out / "front.png",
+        title=f"Held-out preference accuracy, HV {front['hypervolume']:.4g}",
+    )
     return front

@@ -22,10 +22,10 @@ import torch
 
 from ..atomic import write_json
 from ..config import option
-from ..simplex import weight_grid
 from ..evaluation.preference import preference_front, sequence_scores
 from ..models.hpt import HPTModel
-from ..models.llm import load_base
+from ..models.llm import load_base, peft_wrapping
+from ..simplex import weight_grid
 from .compare import METHOD_NAMES, check_methods, picture
 from .llm import LLMConfig, finetune_llm, load_split, reference_logprobs
 
@@ -35,10 +35,12 @@ LLM_COMPARE_METHODS = ("wcos", "ls", "soup")
 @dataclass
 class LLMCompareConfig:
     train: LLMConfig  # every model's settings; method must stay wcos
-    methods: tuple[str, ...] = option(LLM_COMPARE_METHODS, "Any of wcos (Weight-COS-DPO), ls (DPO-LS), soup "
-                                                          "(DPO Soup).", panel="Method")
-    grid: int | None = option(5, "Evaluation grid (K = 2: N evenly spaced weights); DPO-LS trains one policy "
-                                 "per weight.", panel="Evaluation")
+    methods: tuple[str, ...] = option(
+        LLM_COMPARE_METHODS, "Any of wcos (Weight-COS-DPO), ls (DPO-LS), soup (DPO Soup).", panel="Method"
+    )
+    grid: int | None = option(
+        5, "Evaluation grid (K = 2: N evenly spaced weights); DPO-LS trains one policy per weight.", panel="Evaluation"
+    )
     overwrite: bool = False
 
     def __post_init__(self):
@@ -54,7 +56,8 @@ def soup_policy(single_dirs, w, base):
     from peft import PeftModel
 
     names = [f"single{k}" for k in range(len(single_dirs))]
-    model = PeftModel.from_pretrained(base, str(single_dirs[0]), adapter_name=names[0])
+    with peft_wrapping():
+        model = PeftModel.from_pretrained(base, str(single_dirs[0]), adapter_name=names[0])
     for name, d in zip(names[1:], single_dirs[1:]):
         model.load_adapter(str(d), adapter_name=name)
     model.add_weighted_adapter(names, [float(x) for x in w], "soup", combination_type="cat")
@@ -84,9 +87,16 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
     def run(name, train_cfg):
         """Train one model; its seconds are the loop's training time (the shared reference cache,
         made by the first run, is preprocessing and counted for no method)."""
-        policy, metrics = finetune_llm(data, out / "models" / name, train_cfg, fmt=fmt, overwrite=cfg.overwrite,
-                                       base=(base, tokenizer), reference_file=out / "reference_logprobs.safetensors",
-                                       log=log)
+        policy, metrics = finetune_llm(
+            data,
+            out / "models" / name,
+            train_cfg,
+            fmt=fmt,
+            overwrite=cfg.overwrite,
+            base=(base, tokenizer),
+            reference_file=out / "reference_logprobs.safetensors",
+            log=log,
+        )
         return policy, metrics, metrics["train_seconds"]
 
     for method in cfg.methods:
@@ -121,11 +131,22 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
                     mixed.model.unload()
             n_models = len(ws)
         table = {tuple(w): s for w, s in zip(map(tuple, grid), scores)}
-        fronts[method] = preference_front(test, grid, lambda w: table[tuple(w)], cfg.train.beta) | {
-            "train_seconds": round(seconds, 3), "trainable_params": int(n_params), "models_trained": n_models}
-    result = {"objectives": objectives, "weights": grid.tolist(), "methods": fronts,
-              "settings": {"methods": list(cfg.methods), "grid": len(grid), "data": data,
-                           "train": {k: v for k, v in vars(cfg.train).items()}}}
+        fronts[method] = preference_front(test, grid, lambda w, t=table: t[tuple(w)], cfg.train.beta) | {
+            "train_seconds": round(seconds, 3),
+            "trainable_params": int(n_params),
+            "models_trained": n_models,
+        }
+    result = {
+        "objectives": objectives,
+        "weights": grid.tolist(),
+        "methods": fronts,
+        "settings": {
+            "methods": list(cfg.methods),
+            "grid": len(grid),
+            "data": data,
+            "train": {k: v for k, v in vars(cfg.train).items()},
+        },
+    }
     write_json(out / "compare.json", result)
     picture(result, out / "compare.png")
     return result

@@ -32,8 +32,8 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -79,8 +79,9 @@ class TrainConfig:
     max_steps: int = option(0, "Optimizer steps; > 0 overrides --epochs (as many passes as it takes).")
     batch_size: int = option(32, "Query groups (ranking) or preference pairs (LLM) per step, over all processes.")
     lr: float = option(1e-3, "AdamW learning rate.")
-    lr_schedule: str = option("constant", "constant, or cosine: decay the lr to 0 over the planned steps.",
-                              choices=LR_SCHEDULES)
+    lr_schedule: str = option(
+        "constant", "constant, or cosine: decay the lr to 0 over the planned steps.", choices=LR_SCHEDULES
+    )
     weight_decay: float = option(0.0, "AdamW weight decay.", panel="Experimental")
     grad_clip: float = option(1.0, "Clip the gradient norm at this value (0: no clipping).", panel="Experimental")
     warmup_steps: int = option(0, "Ramp the lr linearly from 0 over the first N steps.", panel="Experimental")
@@ -136,8 +137,10 @@ def job_settings(cfg, **extra) -> dict:
 def prepare_out(out: Path, resume: bool, overwrite: bool, marker: str):
     """Refuse to train over a finished model (``marker``) or a checkpoint unless told to."""
     if not resume and ((out / marker).exists() or (out / CHECKPOINT).exists()) and not overwrite:
-        raise FileExistsError(f"{out} already holds a model or checkpoint: pass --resume to continue it, "
-                              f"--overwrite to replace it, or choose another --out")
+        raise FileExistsError(
+            f"{out} already holds a model or checkpoint: pass --resume to continue it, "
+            f"--overwrite to replace it, or choose another --out"
+        )
 
 
 def start_run(out: Path, acc: Accelerator, command: str, inputs: dict, cfg) -> None:
@@ -148,7 +151,7 @@ def start_run(out: Path, acc: Accelerator, command: str, inputs: dict, cfg) -> N
     acc.wait_for_everyone()
 
 
-def finish_run(out: Path, acc: Accelerator, save, metrics: dict, state: "TrainState") -> dict:
+def finish_run(out: Path, acc: Accelerator, save, metrics: dict, state: TrainState) -> dict:
     """The end of every training job: ``save()`` the model, then metrics.json and train_log.json."""
     if acc.is_main_process:
         save()
@@ -245,8 +248,18 @@ def make_accelerator() -> Accelerator:
     return Accelerator(cpu=cpu)
 
 
-def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict, resume: bool = False,
-          accelerator: Accelerator | None = None, desc: str = "train") -> TrainState:
+def train(
+    model,
+    task,
+    data: RankingSet,
+    cfg: TrainConfig,
+    out_dir,
+    *,
+    job: dict,
+    resume: bool = False,
+    accelerator: Accelerator | None = None,
+    desc: str = "train",
+) -> TrainState:
     """Train ``model`` in place; on return it holds the best validated weights."""
     acc = accelerator or make_accelerator()
     out_dir = Path(out_dir)
@@ -264,16 +277,23 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
     n_batches = len(data.epoch_batches(cfg.batch_size, cfg.seed, 0))
     total = cfg.max_steps or cfg.epochs * n_batches
     if cfg.warmup_steps >= total:  # with max_steps the config refused it; epochs * batches is known only here
-        raise ValueError(f"warmup_steps ({cfg.warmup_steps}) must be fewer than the run's {total} steps "
-                         f"({cfg.epochs} epochs of {n_batches} batches)")
+        raise ValueError(
+            f"warmup_steps ({cfg.warmup_steps}) must be fewer than the run's {total} steps "
+            f"({cfg.epochs} epochs of {n_batches} batches)"
+        )
 
     def checkpoint():
         if acc.is_main_process:
             save_checkpoint(ckpt_path, model, best_state, optimizer.optimizer, state, job)
         acc.wait_for_everyone()
 
-    bar = tqdm(total=total, initial=state.global_step, desc=desc,
-               disable=not (cfg.progress and acc.is_local_main_process), dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=state.global_step,
+        desc=desc,
+        disable=not (cfg.progress and acc.is_local_main_process),
+        dynamic_ncols=True,
+    )
 
     def steps_left():
         return not cfg.max_steps or state.global_step < cfg.max_steps
@@ -283,12 +303,15 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
         batches = data.epoch_batches(cfg.batch_size, cfg.seed, state.epoch)
         ddp_model.train()
         running = []
-        for groups in batches[state.step_in_epoch:]:
+        for groups in batches[state.step_in_epoch :]:
             for g, lr in zip(optimizer.param_groups, base_lrs):
                 g["lr"] = lr * lr_factor(cfg.lr_schedule, state.global_step, total, cfg.warmup_steps)
             if len(groups) >= world:  # a process with no groups could not join the gradient sync
-                running.append(train_step(ddp_model, task, data, groups[rank::world], state.global_step, acc,
-                                     optimizer, trainable, cfg))
+                running.append(
+                    train_step(
+                        ddp_model, task, data, groups[rank::world], state.global_step, acc, optimizer, trainable, cfg
+                    )
+                )
             state.step_in_epoch += 1
             state.global_step += 1
             bar.update(1)
@@ -303,8 +326,11 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
         if state.step_in_epoch == len(batches):  # a whole epoch, not one cut short by max_steps
             state.epoch += 1
             state.step_in_epoch = 0
-        record = {"epoch": state.epoch, "step": state.global_step,
-                  "train_loss": float(np.mean(running)) if running else None}
+        record = {
+            "epoch": state.epoch,
+            "step": state.global_step,
+            "train_loss": float(np.mean(running)) if running else None,
+        }
         if state.step_in_epoch or state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs or not steps_left():
             model.eval()
             score = float(task.validate(model))
@@ -320,8 +346,10 @@ def train(model, task, data: RankingSet, cfg: TrainConfig, out_dir, *, job: dict
         record["seconds"] = round(state.seconds, 3)
         state.history.append(record)
         if not bar.disable:
-            bar.write(f"{desc} epoch {state.epoch}: " + ", ".join(
-                f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float)))
+            bar.write(
+                f"{desc} epoch {state.epoch}: "
+                + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float))
+            )
         checkpoint()
     bar.close()
     if best_state is not None:

@@ -8,7 +8,7 @@ model.safetensors), ``metrics.json`` and ``train_log.json`` to ``out``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +21,18 @@ from ..data.groups import RankingSet
 from ..data.letor import dataset_width
 from ..data.objectives import Schema, check_grade_spec, make_schema
 from ..evaluation.front import ndcg_report, ranker_front, score_base, score_conditioned
-from ..simplex import check_simplex, draw_weights, weight_grid
 from ..losses import TRANSFORMS, lipo, listnet, weight_cos
-from ..models.ranker import (PARAMETRISATIONS, BaseRanker, ConditionedRanker, ScorerConfig, count_trainable,
-                             load_ranker, save_ranker)
-from .loop import (TrainConfig, TrainState, finish_run, job_settings, make_accelerator, prepare_out, start_run,
-                   train)
+from ..models.ranker import (
+    PARAMETRISATIONS,
+    BaseRanker,
+    ConditionedRanker,
+    ScorerConfig,
+    count_trainable,
+    load_ranker,
+    save_ranker,
+)
+from ..simplex import check_simplex, draw_weights, weight_grid
+from .loop import TrainConfig, TrainState, finish_run, job_settings, make_accelerator, prepare_out, start_run, train
 
 TRAIN_METHODS = ("wcos", "tcos", "ls", "modpo")
 
@@ -51,8 +57,11 @@ class BaseConfig(TrainConfig, ScorerConfig):
     are never inputs).
     """
 
-    exclude: tuple[str, ...] = option((), "Objectives you will fine-tune on (e.g. f44,f45): in a non-MSLR file "
-                                          "their features leave the input.", panel="Data and output")
+    exclude: tuple[str, ...] = option(
+        (),
+        "Objectives you will fine-tune on (e.g. f44,f45): in a non-MSLR file their features leave the input.",
+        panel="Data and output",
+    )
     max_label: int = option(4, "Relevance labels must be integers 0..max-label.", panel="Data and output")
     split_seed: int = option(0, "Seed of the 60/20/20 query split of a single file.", panel="Data and output")
     k: int = option(10, "NDCG cut-off of validation.", panel="Evaluation")
@@ -69,28 +78,50 @@ class BaseConfig(TrainConfig, ScorerConfig):
 class FinetuneConfig(TrainConfig, ScorerConfig):
     """Weight-COS-DPO: one ranker conditioned on w for every trade-off (and its baselines' single models)."""
 
-    objectives: tuple[str, ...] = option((), "Comma-separated: MSLR names (quality1, quality2, query_url_clicks, "
-                                             "url_clicks, dwell_time) or feature indices (f44).",
-                                         panel="Data and output")
-    grades: dict = option(help="Grade transforms per objective, e.g. url_clicks=log2,quality1=linear:0:255.",
-                          panel="Data and output", parse=_grades, default_factory=dict)
-    method: str = option("wcos", "wcos: Weight-COS-DPO; tcos: also conditioned on per-objective temperatures; "
-                                 "ls: one unconditioned model for --weights (DPO-LS).",
-                         choices=TRAIN_METHODS, panel="Method")
-    fixed_weights: tuple[float, ...] | None = option(None, "Train one unconditioned model for this w (DPO-LS).",
-                                                     panel="Method", cli="--weights")
-    alpha: float = option(0.3, "Dirichlet concentration of the w drawn per step (small: corners, wider front).",
-                          panel="Method")
-    penalty: float = option(0.0, "lambda, weight of the cosine penalty pulling the losses towards w.",
-                            panel="Method")
-    beta: float = option(1.0, "Training temperature of DPO (serve another one with `ltr front --beta-prime`).",
-                         panel="Method")
-    beta_range: tuple[float, ...] = option((0.1, 10.0), "tcos: each step draws beta_k log-uniform on LO,HI.",
-                                           panel="Method")
-    param: str = option("augment", "augment (base + a correction, starts at the base) or scratch (a new network).",
-                        choices=PARAMETRISATIONS, panel="Model")
-    transform: str = option("softmax", "Label transform of the loss: softmax (dense grades) or l1 (sparse).",
-                            choices=TRANSFORMS, panel="Method")
+    objectives: tuple[str, ...] = option(
+        (),
+        "Comma-separated: MSLR names (quality1, quality2, query_url_clicks, "
+        "url_clicks, dwell_time) or feature indices (f44).",
+        panel="Data and output",
+    )
+    grades: dict = option(
+        help="Grade transforms per objective, e.g. url_clicks=log2,quality1=linear:0:255.",
+        panel="Data and output",
+        parse=_grades,
+        default_factory=dict,
+    )
+    method: str = option(
+        "wcos",
+        "wcos: Weight-COS-DPO; tcos: also conditioned on per-objective temperatures; "
+        "ls: one unconditioned model for --weights (DPO-LS).",
+        choices=TRAIN_METHODS,
+        panel="Method",
+    )
+    fixed_weights: tuple[float, ...] | None = option(
+        None, "Train one unconditioned model for this w (DPO-LS).", panel="Method", cli="--weights"
+    )
+    alpha: float = option(
+        0.3, "Dirichlet concentration of the w drawn per step (small: corners, wider front).", panel="Method"
+    )
+    penalty: float = option(0.0, "lambda, weight of the cosine penalty pulling the losses towards w.", panel="Method")
+    beta: float = option(
+        1.0, "Training temperature of DPO (serve another one with `ltr front --beta-prime`).", panel="Method"
+    )
+    beta_range: tuple[float, ...] = option(
+        (0.1, 10.0), "tcos: each step draws beta_k log-uniform on LO,HI.", panel="Method"
+    )
+    param: str = option(
+        "augment",
+        "augment (base + a correction, starts at the base) or scratch (a new network).",
+        choices=PARAMETRISATIONS,
+        panel="Model",
+    )
+    transform: str = option(
+        "softmax",
+        "Label transform of the loss: softmax (dense grades) or l1 (sparse).",
+        choices=TRANSFORMS,
+        panel="Method",
+    )
     modpo_min_w1: float = option(0.05, "modpo: floor on w_1 against the 1/w_1 blow-up.", cli=False)
     d_model: int = option(64, "Width of the conditioned network.", panel="Model")
     split_seed: int = option(0, "Seed of the 60/20/20 query split of a single file.", panel="Data and output")
@@ -165,8 +196,9 @@ class WeightCOSTask:
         if self.cfg.method != "tcos":
             return None
         lo, hi = np.log(self.cfg.beta_range)
-        return torch.tensor(np.exp(np.random.default_rng([self.cfg.seed, step, 1]).uniform(lo, hi, self.K)),
-                            dtype=torch.float32)
+        return torch.tensor(
+            np.exp(np.random.default_rng([self.cfg.seed, step, 1]).uniform(lo, hi, self.K)), dtype=torch.float32
+        )
 
     def terms(self, model, batch, step):
         w = self.weights(step).to(batch["x"].device)
@@ -175,8 +207,9 @@ class WeightCOSTask:
         sums, counts = [], []
         for j in range(self.K):
             beta = self.cfg.beta if betas is None else float(betas[j])
-            per_group, valid = lipo(s, batch["ref"], batch["aux"][..., j], batch["mask"], beta,
-                                    self.cfg.transform, reduction="none")
+            per_group, valid = lipo(
+                s, batch["ref"], batch["aux"][..., j], batch["mask"], beta, self.cfg.transform, reduction="none"
+            )
             sums.append(per_group.sum())
             counts.append(valid.sum())
         return torch.stack(sums), torch.stack(counts)
@@ -204,8 +237,15 @@ class MODPOTask(WeightCOSTask):
     def terms(self, model, batch, step):
         w1 = max(self.cfg.fixed_weights[0], self.cfg.modpo_min_w1)
         s = model(batch["x"], batch["mask"], None, base_scores=batch["ref"])
-        per_group, valid = lipo(s, batch["ref"] + batch["margin"] / self.cfg.beta, batch["aux"][..., 0],
-                                batch["mask"], self.cfg.beta / w1, self.cfg.transform, reduction="none")
+        per_group, valid = lipo(
+            s,
+            batch["ref"] + batch["margin"] / self.cfg.beta,
+            batch["aux"][..., 0],
+            batch["mask"],
+            self.cfg.beta / w1,
+            self.cfg.transform,
+            reduction="none",
+        )
         return per_group.sum()[None], valid.sum()[None]
 
     def combine(self, losses, step):
@@ -225,8 +265,15 @@ def _metrics(model, state: TrainState, acc: Accelerator, extra: dict) -> dict:
     } | extra
 
 
-def train_base(data, out, cfg: BaseConfig | None = None, *, resume: bool = False, overwrite: bool = False,
-               accelerator: Accelerator | None = None):
+def train_base(
+    data,
+    out,
+    cfg: BaseConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    accelerator: Accelerator | None = None,
+):
     """Train the base ranker on ``data`` (Fold directory or single LETOR file)."""
     cfg = cfg or BaseConfig()
     out = Path(out)
@@ -241,14 +288,32 @@ def train_base(data, out, cfg: BaseConfig | None = None, *, resume: bool = False
     model = BaseRanker(schema, _scorer(cfg))
     model.norm.fit(train_set.features)
     model.to(acc.device)
-    state = train(model, ListNetTask(vali, cfg.k), train_set, cfg, out, job=job_settings(cfg, data=str(data)),
-                  resume=resume, accelerator=acc, desc="base")
+    state = train(
+        model,
+        ListNetTask(vali, cfg.k),
+        train_set,
+        cfg,
+        out,
+        job=job_settings(cfg, data=str(data)),
+        resume=resume,
+        accelerator=acc,
+        desc="base",
+    )
     metrics = _metrics(model, state, acc, {"val_ndcg": state.best, "data": str(data)})
     return model, finish_run(out, acc, lambda: save_ranker(model, out, extra={"training": metrics}), metrics, state)
 
 
-def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, overwrite: bool = False,
-             accelerator: Accelerator | None = None, single_models=None):
+def finetune(
+    data,
+    base_dir,
+    out,
+    cfg: FinetuneConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    accelerator: Accelerator | None = None,
+    single_models=None,
+):
     """Weight-COS-DPO: fine-tune the base in ``base_dir`` on the chosen objectives.
 
     ``method="ls"`` trains one unconditioned model for ``fixed_weights``
@@ -266,8 +331,10 @@ def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, 
     wanted = make_schema(base.schema.n_features, cfg.objectives, cfg.grades, base.schema.max_label)
     clash = [o.name for o in wanted.objectives if o.feature in set(base.schema.inputs)]
     if clash:
-        raise ValueError(f"the base ranker in {base_dir} uses {clash} as input features; retrain it with "
-                         f"--exclude {','.join(cfg.objectives)} so that the objectives leave its input")
+        raise ValueError(
+            f"the base ranker in {base_dir} uses {clash} as input features; retrain it with "
+            f"--exclude {','.join(cfg.objectives)} so that the objectives leave its input"
+        )
     schema = Schema(base.schema.n_features, list(base.schema.inputs), wanted.objectives, base.schema.max_label)
     train_set = RankingSet.load(data, "train", schema, cfg.split_seed)
     vali = RankingSet.load(data, "vali", schema, cfg.split_seed)
@@ -277,14 +344,24 @@ def finetune(data, base_dir, out, cfg: FinetuneConfig, *, resume: bool = False, 
         train_set.margin = modpo_margins(single_models, train_set, cfg)
     set_seed(cfg.seed)
     model_method = cfg.method if cfg.method in ("wcos", "tcos") else "fixed"
-    model = ConditionedRanker(base, schema, _scorer(cfg), cfg.param, cfg.beta, cfg.alpha, model_method,
-                              cfg.beta_range).to(acc.device)
+    model = ConditionedRanker(
+        base, schema, _scorer(cfg), cfg.param, cfg.beta, cfg.alpha, model_method, cfg.beta_range
+    ).to(acc.device)
     task = (MODPOTask if cfg.method == "modpo" else WeightCOSTask)(cfg, vali)
-    state = train(model, task, train_set, cfg, out,
-                  job=job_settings(cfg, data=str(data), base=str(Path(base_dir).resolve())), resume=resume,
-                  accelerator=acc, desc=cfg.method)
-    metrics = _metrics(model, state, acc, {"val_hypervolume": state.best, "data": str(data),
-                                           "objectives": list(cfg.objectives)})
+    state = train(
+        model,
+        task,
+        train_set,
+        cfg,
+        out,
+        job=job_settings(cfg, data=str(data), base=str(Path(base_dir).resolve())),
+        resume=resume,
+        accelerator=acc,
+        desc=cfg.method,
+    )
+    metrics = _metrics(
+        model, state, acc, {"val_hypervolume": state.best, "data": str(data), "objectives": list(cfg.objectives)}
+    )
     return model, finish_run(out, acc, lambda: save_ranker(model, out, extra={"training": metrics}), metrics, state)
 
 

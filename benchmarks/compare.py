@@ -32,13 +32,14 @@ def main():
     ap.add_argument("--grid", type=int, default=None, help="default: 11 (K=2), 15 (K=5: the H=2 lattice)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", help="a Fold directory or LETOR file with MSLR's objectives (default: synthetic)")
     ap.add_argument("--quick", action="store_true", help="60 queries, 1 epoch, 3 grid weights")
     args = ap.parse_args()
     if args.quick:
         args.queries, args.epochs, args.grid = 60, 1, 3
     out = Path(args.out or f"runs/compare-k{args.k}")
     t0 = time.perf_counter()
-    data = write_fold(out / "data", args.queries, args.seed)
+    data = args.data or write_fold(out / "data", args.queries, args.seed)
     small = dict(d_model=16, n_heads=2, n_layers=1) if args.quick else {}
     train_base(
         data, out / "base", BaseConfig(epochs=args.epochs, seed=args.seed, progress=False, **small), overwrite=True

@@ -171,7 +171,7 @@ def main():
             f"{o} pairs, its corner against the other: right only at its corner {n_own}, only at the other "
             f"{n_other} (sign test p = {sign_p:.2g}); margins Wilcoxon p = {wilcoxon_p:.2g}"
         )
-    _, tokenizer = load_base(cfg.model)
+    _, tokenizer = load_base(cfg.model, prompt_template=cfg.prompt_template)
     test, objectives, _ = load_split(data, tokenizer, replace(cfg, val_pairs=a.front_pairs), "hh", "held-out")
     if not np.array_equal(test.objective, front["pair_objective"]):
         raise RuntimeError("the length analysis did not load the front's pairs in the front's order")

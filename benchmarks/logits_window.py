@@ -65,7 +65,7 @@ def main():
     a = bench_args(__doc__)
     torch.manual_seed(0)
     base, tokenizer = load_base(a.model)
-    cfg = LLMConfig(model=a.model, objectives=("helpful", "harmless"), lora_mix=False)  # as docs/benchmarks.md
+    cfg = LLMConfig(model=a.model, objectives=("helpful", "harmless"), lora_mix=False)  # as docs/results/speed.md
     policy = build_policy(base, cfg, 2)
     w = torch.tensor([0.5, 0.5])
     batches = hh_batches(a.data, tokenizer, a.batch, a.length, a.steps + 1)

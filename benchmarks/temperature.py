@@ -42,13 +42,14 @@ def main():
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--common", type=float, default=1.0, help="the common beta' both models are served at")
+    ap.add_argument("--data", help="a Fold directory or LETOR file with MSLR's objectives (default: synthetic)")
     ap.add_argument("--quick", action="store_true", help="80 queries, 1 epoch: checks the script runs")
     args = ap.parse_args()
     small = {}
     if args.quick:
         args.queries, args.epochs, small = 80, 1, dict(d_model=16, n_heads=2, n_layers=1)
     out = Path(args.out)
-    data = write_fold(out / "data", args.queries, 0)
+    data = args.data or write_fold(out / "data", args.queries, 0)
     train_base(data, out / "base", BaseConfig(epochs=args.epochs, progress=False, **small), overwrite=True)
 
     def tune(name, **kw):
@@ -61,7 +62,7 @@ def main():
     }
     tcos = tune("tcos", method="tcos")
     test = RankingSet.load(data, "test", tcos.schema)
-    at_common = {key: ranker_front(m, test, beta=args.common) for key, m in models.items()}
+    at_common = {key: ranker_front(m, test, beta_prime=args.common) for key, m in models.items()}
 
     report = {"common_beta": args.common, "hypervolume": {}, "cross_temperature": {}, "seed_spread": {}}
     for (beta, seed), f in at_common.items():
@@ -79,8 +80,8 @@ def main():
             "hv_gap": abs(a["hypervolume"] - b["hypervolume"]),
         }
 
-    served = {bp: ranker_front(models[(0.5, 0)], test, beta=bp) for bp in (0.25, 0.5, 1.0, 2.0, 8.0)}
-    tfronts = {bv: ranker_front(tcos, test, beta=list(bv)) for bv in BETA_VECTORS}
+    served = {bp: ranker_front(models[(0.5, 0)], test, beta_prime=bp) for bp in (0.25, 0.5, 1.0, 2.0, 8.0)}
+    tfronts = {bv: ranker_front(tcos, test, beta_prime=list(bv)) for bv in BETA_VECTORS}
     report["wcos_served"] = {
         str(bp): {"hypervolume": f["hypervolume"], "main_ndcg": f["main_ndcg"]["mean"], "w=(0.5,0.5)": f["points"][5]}
         for bp, f in served.items()

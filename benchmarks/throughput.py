@@ -68,13 +68,14 @@ def main():
     ap.add_argument("--queries", type=int, default=600)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--data", help="an MSLR Fold directory or LETOR file (default: synthetic)")
     ap.add_argument("--quick", action="store_true", help="100 queries, 3 timed steps")
     args = ap.parse_args()
     if args.quick:
         args.queries, args.steps, args.batch_size = 100, 3, 8
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        fold = write_fold(Path(tmp) / "d", args.queries, 0)
+        fold = args.data or write_fold(Path(tmp) / "d", args.queries, 0)
         schema = make_schema(136, ["quality1", "quality2"])
         data = RankingSet.load(fold, "train", schema)
     peak = matmul_gflops()

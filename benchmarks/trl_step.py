@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from cosdpo.data.preferences import load_preferences
-from cosdpo.models.llm import LORA_TARGETS, load_base, resolve_model
+from cosdpo.models.llm import attention_targets, load_base, resolve_model
 from cosdpo.training.llm import LLMConfig, finetune_llm
 
 HELPFUL = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "helpful.jsonl.gz"
@@ -90,7 +90,7 @@ def time_trl(model_name, rows, batch, length, steps, checkpointing):
         processing_class=tok,
         callbacks=[Clock()],
         peft_config=LoraConfig(
-            r=8, lora_alpha=16, target_modules=list(LORA_TARGETS), lora_dropout=0.0, task_type="CAUSAL_LM"
+            r=8, lora_alpha=16, target_modules=list(attention_targets(model)), lora_dropout=0.0, task_type="CAUSAL_LM"
         ),
     )
     trainer.train()

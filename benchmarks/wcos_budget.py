@@ -54,6 +54,7 @@ def main():
         default=None,
         help="Weight-COS-DPO settings NAME=VALUE,...; repeat for several",
     )
+    ap.add_argument("--data", help="the data compare.py used (default: its synthetic OUT/data)")
     ap.add_argument("--quick", action="store_true", help="one epoch each, on compare.py --quick's folder")
     args = ap.parse_args()
     if args.quick:
@@ -67,7 +68,7 @@ def main():
     for i, (method, kw) in enumerate(runs):
         cfg = FinetuneConfig(objectives=OBJECTIVES[: args.k], seed=args.seed, progress=False, **kw)
         m = compare(
-            out / "data",
+            args.data or out / "data",
             out / "base",
             out / f"budget-{i}",
             CompareConfig(cfg, methods=(method,), grid=grid, overwrite=True),

@@ -70,17 +70,18 @@ def field_types(cls) -> dict[str, typing.Any]:
     return typing.get_type_hints(cls)
 
 
+def _plain(v):
+    """A value as YAML/JSON has it (tuples become lists)."""
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
 def to_dict(cfg) -> dict:
-    """The config as plain YAML/JSON values (tuples become lists)."""
-
-    def plain(v):
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    """The config as plain YAML/JSON values."""
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
 
 def _coerce(value, hint):
@@ -138,6 +139,12 @@ def write_run_config(path, command: str, values: dict) -> None:
     body = yaml.safe_dump({"command": command} | values, sort_keys=False, default_flow_style=None, width=100)
     with atomic_file(path) as f:
         f.write((header + body).encode())
+
+
+def comparison_values(cfg) -> dict:
+    """A comparison's options for run.yaml: its training settings and its own fields, flat."""
+    own = {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if "help" in f.metadata}
+    return to_dict(cfg.train) | own
 
 
 # Recipes: config files shipped in cosdpo/recipes, each naming its command and what it is for.

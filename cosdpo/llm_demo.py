@@ -149,7 +149,7 @@ def run_llm_demo(
         seed=seed,
         val_every=10**6,
         progress=progress,
-        # the setting the demo's figures were measured with (docs/llm.md): both objectives judge the
+        # the setting of the figures in docs/results/llm-demo.md: both objectives judge the
         # same answers, so one shared LoRA and one w per step serve
         lora_mix=False,
         weight_sampling="step",

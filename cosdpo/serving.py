@@ -25,11 +25,11 @@ def _inputs(model, items) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score_items(model, items, w=None, beta=None) -> np.ndarray:
+def score_items(model, items, w=None, beta_prime=None) -> np.ndarray:
     """Scores of one candidate list: ``items`` is (n_items, n_features).
 
     For a conditioned model ``w`` is the trade-off (K weights on the
-    simplex) and ``beta`` the temperature to serve: a number beta' for a
+    simplex) and ``beta_prime`` the temperature to serve: a number beta' for a
     Weight-COS model (s_base + (beta / beta') (s - s_base): larger stays
     closer to the base), or one per objective for a Temperature-COS model.
     A base model takes neither.
@@ -38,7 +38,7 @@ def score_items(model, items, w=None, beta=None) -> np.ndarray:
     mask = torch.ones(x.shape[:2], dtype=torch.bool)
     model.eval()
     if isinstance(model, BaseRanker):
-        if w is not None or beta is not None:
+        if w is not None or beta_prime is not None:
             raise ValueError("a base ranker is not conditioned: pass no weights or temperature")
         return model(x, mask)[0].numpy()
     if not isinstance(model, ConditionedRanker):
@@ -46,9 +46,9 @@ def score_items(model, items, w=None, beta=None) -> np.ndarray:
     if w is None:
         raise ValueError(f"a conditioned ranker needs weights for its objectives {model.schema.objective_names}")
     w = torch.from_numpy(check_simplex(w, model.n_objectives).astype(np.float32))
-    return model(x, mask, w, beta=beta)[0].numpy()
+    return model(x, mask, w, beta=beta_prime)[0].numpy()
 
 
-def rank_items(model, items, w=None, beta=None) -> np.ndarray:
+def rank_items(model, items, w=None, beta_prime=None) -> np.ndarray:
     """Item indices, best first."""
-    return np.argsort(-score_items(model, items, w, beta), kind="stable")
+    return np.argsort(-score_items(model, items, w, beta_prime), kind="stable")

@@ -238,7 +238,7 @@ def test_hh_recipe_needs_no_other_flag(tiny_llm, tmp_path):
     )
     got = yaml.safe_load((tmp_path / "hh" / "run.yaml").read_text())
     assert got["format"] == "hh" and got["lora_mix"] and got["weight_sampling"] == "pair"
-    assert got["prompt_mask"] == "tanh" and got["precision"] == "bf16" and got["max_length"] == 160
+    assert got["prompt_mask"] == "tanh" and got["precision"] == "auto" and got["max_length"] == 160
 
 
 def test_cli_modules_import_alone_in_a_fresh_interpreter():
@@ -300,3 +300,70 @@ def test_no_file_cites_an_issue_or_a_file_outside_the_repository():
         if pattern.search(line)
     ]
     assert not hits, hits
+
+
+def test_configuration_reference_is_current():
+    from cosdpo.cli.reference import markdown
+
+    assert (ROOT / "docs" / "configuration.md").read_text() == markdown(), (
+        "docs/configuration.md is stale: python -m cosdpo.cli.reference > docs/configuration.md"
+    )
+
+
+def test_every_link_in_the_docs_resolves():
+    broken = []
+    for md in [ROOT / "README.md", *ROOT.glob("docs/**/*.md")]:
+        for link in re.findall(r"\]\(([^)#]+)\)", md.read_text()):
+            if not link.startswith("http") and not (md.parent / link).exists():
+                broken.append(f"{md.relative_to(ROOT)} -> {link}")
+    assert not broken, broken
+
+
+@requires_shared(SHARED / "pku-saferlhf" / "sample.jsonl")
+def test_pku_gpt2_recipe_on_a_tiny_gpt2(tmp_path):
+    """The paper's setting runs as shipped, on a tiny GPT-2 (no chat template: the recipe's PKU template)
+    and the PKU-SafeRLHF sample; the template travels with the policy to front and generate."""
+    from tests.tiny_llm import save_tiny_gpt2
+
+    gpt2 = save_tiny_gpt2(tmp_path / "gpt2")
+    data = SHARED / "pku-saferlhf" / "sample.jsonl"
+    out = fail(["llm", "finetune", "--data", data, "--model", gpt2, "--out", tmp_path / "x", "--no-progress"])
+    assert "has no chat template; pass --prompt-template pku or plain" in out
+    ok(
+        [
+            "llm",
+            "finetune",
+            "--recipe",
+            "pku-gpt2-paper",
+            "--data",
+            data,
+            "--model",
+            gpt2,
+            "--out",
+            tmp_path / "p",
+            "--precision",
+            "fp32",
+            "--max-length",
+            "4096",
+            "--batch-size",
+            "2",
+            "--held-out",
+            "0.4",
+            "--max-steps",
+            "2",
+            "--no-progress",
+        ]
+    )
+    info = json.loads((tmp_path / "p" / "policy.json").read_text())
+    assert info["config"]["prompt_template"] == "pku" and info["config"]["lora_targets"] == []
+    assert json.loads((tmp_path / "p" / "adapter_config.json").read_text())["target_modules"] == ["c_attn"]
+    ok(["llm", "front", "--model", tmp_path / "p", "--out", tmp_path / "f", "--grid", "2", "--no-progress"])
+    assert json.loads((tmp_path / "f" / "front.json").read_text())["objectives"] == ["helpful", "harmless"]
+    ok(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.5,0.5", "--max-new-tokens", "3", "hello"])
+    from cosdpo.models.llm import load_policy
+
+    _, tokenizer, _ = load_policy(tmp_path / "p")
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert text == "BEGINNING OF CONVERSATION: USER: hi ASSISTANT:"

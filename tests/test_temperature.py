@@ -32,14 +32,15 @@ def test_linear_transformation_identity_on_a_trained_model(tiny_fold, wcos):
     base = score_base(model.base, test)
     grid = np.array([[1.0, 0.0], [0.3, 0.7]])
     trained = score_conditioned(model, test, grid, base)
-    np.testing.assert_array_equal(score_conditioned(model, test, grid, base, beta=0.5), trained)  # beta' = beta
+    np.testing.assert_array_equal(score_conditioned(model, test, grid, base, beta_prime=0.5), trained)  # beta' = beta
     for b in (0.1, 2.0, 7.0):
-        served = score_conditioned(model, test, grid, base, beta=b)
+        served = score_conditioned(model, test, grid, base, beta_prime=b)
         np.testing.assert_allclose(served, base + (0.5 / b) * (trained - base), rtol=1e-5, atol=1e-6)
     # as beta' grows, the main objective's NDCG@10 moves toward the base model's
     main = lambda s: ndcg_report(test, s)["main"]  # noqa: E731
     gaps = [
-        abs(main(score_conditioned(model, test, [[0.5, 0.5]], base, beta=b)[0]) - main(base)) for b in (0.5, 4.0, 1e7)
+        abs(main(score_conditioned(model, test, [[0.5, 0.5]], base, beta_prime=b)[0]) - main(base))
+        for b in (0.5, 4.0, 1e7)
     ]
     assert gaps[0] > 0.005 and gaps[1] < gaps[0] and gaps[2] < 1e-9
 
@@ -48,11 +49,11 @@ def test_serving_api_takes_a_temperature(wcos):
     model, _ = wcos
     rows = np.random.default_rng(0).random((6, 136)) * 50
     base = score_items(model.base, rows)
-    s, s2 = score_items(model, rows, [0.5, 0.5]), score_items(model, rows, [0.5, 0.5], beta=2.0)
+    s, s2 = score_items(model, rows, [0.5, 0.5]), score_items(model, rows, [0.5, 0.5], beta_prime=2.0)
     np.testing.assert_allclose(s2, base + 0.25 * (s - base), rtol=1e-5, atol=1e-6)
     for bad, match in ((0.0, "> 0"), (-1.0, "> 0"), (float("inf"), "finite"), ([0.5, 2.0], "one temperature")):
         with pytest.raises(ValueError, match=match):
-            score_items(model, rows, [0.5, 0.5], beta=bad)
+            score_items(model, rows, [0.5, 0.5], beta_prime=bad)
 
 
 def test_temperature_cos_scale_is_applied_outside_the_network(tcos):
@@ -60,16 +61,16 @@ def test_temperature_cos_scale_is_applied_outside_the_network(tcos):
     rows = np.random.default_rng(1).random((7, 136)) * 50
     base = score_items(model.base, rows)
     w = [0.4, 0.6]
-    s = score_items(model, rows, w, beta=[0.5, 2.0])
+    s = score_items(model, rows, w, beta_prime=[0.5, 2.0])
     # same direction beta_hat, three times the scale: a third of the deviation
     np.testing.assert_allclose(
-        score_items(model, rows, w, beta=[1.5, 6.0]) - base, (s - base) / 3, rtol=1e-4, atol=1e-6
+        score_items(model, rows, w, beta_prime=[1.5, 6.0]) - base, (s - base) / 3, rtol=1e-4, atol=1e-6
     )
     # a different direction is a different input: not a rescaling
-    other = score_items(model, rows, w, beta=[2.0, 0.5]) - base
+    other = score_items(model, rows, w, beta_prime=[2.0, 0.5]) - base
     assert not np.allclose(other / np.linalg.norm(other), (s - base) / np.linalg.norm(s - base), atol=1e-3)
     with pytest.raises(ValueError, match="3 temperatures for 2 objectives"):
-        score_items(model, rows, w, beta=[1.0, 1.0, 1.0])
+        score_items(model, rows, w, beta_prime=[1.0, 1.0, 1.0])
 
 
 def test_temperatures_are_drawn_log_uniform_and_reproducibly(tiny_fold, tiny_base):

@@ -78,3 +78,24 @@ def write_pairs(folder, n: int = 40, seed: int = 0) -> str:
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         files[obj] = path
     return ",".join(f"{o}={p}" for o, p in files.items())
+
+
+def save_tiny_gpt2(folder, seed: int = 0):
+    """A tiny random GPT-2 whose tokenizer has no chat template, as GPT-2's has none."""
+    import transformers
+
+    tok = make_tokenizer()
+    tok.chat_template = None
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(
+        vocab_size=len(tok),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=4096,  # PKU responses run to 1,000 characters, about a token each with this tokenizer
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder

@@ -85,6 +85,7 @@ config_command(
     _compare,
     "Train every method with the same budget per model; writes compare.json and compare.png.",
     hide=("method", "fixed_weights", "checkpoint_every"),
+    accepts=("llm finetune",),
 )
 
 

@@ -83,6 +83,7 @@ config_command(
     _compare,
     "Train every method on the same grid and budget per model; writes compare.json and compare.png.",
     hide=("method", "fixed_weights", "checkpoint_every"),
+    accepts=("ltr finetune",),
 )
 
 

@@ -52,6 +52,10 @@ OVERWRITE = Input(
 )
 
 
+# every generated command, for docs/configuration.md: (command, inputs, [(field, hint, choices)])
+REGISTRY: list[tuple[str, list[Input], list]] = []
+
+
 def flag_name(f: dataclasses.Field) -> str:
     cli = f.metadata.get("cli", True)
     return cli if isinstance(cli, str) else "--" + f.name.replace("_", "-")
@@ -145,13 +149,15 @@ def config_command(
     help: str,
     choices: dict | None = None,
     hide: tuple[str, ...] = (),
+    accepts: tuple[str, ...] = (),
 ):
     """Register ``name`` on ``app``: options for ``inputs`` and every field of ``sections``.
 
     ``run(inputs: dict, values: dict[section, dict])`` builds the configs
     (``config.from_dict``) and does the work; ``command`` ("ltr finetune") is what run.yaml and recipes name.
     ``choices`` narrows a field's allowed values on this command; fields in
-    ``hide`` are config-file keys only here.
+    ``hide`` are config-file keys only here. ``accepts`` names other commands whose
+    recipes and run.yaml files this one reads too (a comparison starts from a fine-tuning recipe).
     """
     choices = choices or {}
     owner, fields_by_name = {}, {}
@@ -195,6 +201,7 @@ def config_command(
     ]
     shown.sort(key=lambda fh: PANELS.index(fh[0].metadata.get("panel", "Training")))  # panels in a fixed order
     params += [_field_parameter(f, hint, choices.get(f.name)) for f, hint in shown]
+    REGISTRY.append((command, inputs, [(f, hint, choices.get(f.name)) for f, hint in shown]))
 
     @friendly
     def callback(**kwargs):
@@ -210,7 +217,7 @@ def config_command(
             got = dict(got)
             made_for = got.pop("command", command)
             got.pop("description", None)
-            if made_for != command:
+            if made_for != command and made_for not in accepts:
                 raise ValueError(f"{source} is for `cosdpo {made_for}`, not `cosdpo {command}`")
             values |= got
         # by name: typer may run on its own copy of click, whose ParameterSource is another class

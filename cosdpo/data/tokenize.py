@@ -1,7 +1,9 @@
-"""Preference pairs -> token ids, with the tokenizer's own chat template.
+"""Preference pairs -> token ids, through a chat template.
 
 The prompt (chat messages) goes through ``apply_chat_template`` with the
-generation prompt; the response follows, closed by EOS. Only response tokens
+generation prompt; the response follows, closed by EOS. The template is the
+tokenizer's own (``chat``) or a named one set on the tokenizer
+(``use_prompt_template``) for base models that have none. Only response tokens
 count in a sequence's log-probability (``response_mask``), so the prompt
 template can change without changing what is learned.
 """
@@ -12,6 +14,31 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+
+PROMPT_TEMPLATE_CHOICES = ("chat", "pku", "plain")
+# Jinja chat templates for tokenizers without one: PKU-SafeRLHF's own conversation format, and the bare text
+PROMPT_TEMPLATES = {
+    "pku": (
+        "BEGINNING OF CONVERSATION:{% for m in messages %}"
+        "{% if m['role'] == 'assistant' %} ASSISTANT: {{ m['content'] }}{{ eos_token }}"
+        "{% else %} {{ 'USER' if m['role'] == 'user' else m['role'] | upper }}: {{ m['content'] }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+    ),
+    "plain": "{% for m in messages %}{{ m['content'] }}{% if not loop.last %}\n\n{% endif %}{% endfor %}",
+}
+
+
+def use_prompt_template(tokenizer, name: str, model: str = "the model"):
+    """Set the tokenizer's chat template to ``name`` (``chat`` keeps its own; a tokenizer without one
+    needs another name). The tokenizer is saved with the policy, so fronts and generation use it too."""
+    if name not in PROMPT_TEMPLATE_CHOICES:
+        raise ValueError(f"prompt_template must be one of {', '.join(PROMPT_TEMPLATE_CHOICES)}; got {name!r}")
+    if name == "chat":
+        if tokenizer.chat_template is None:
+            raise ValueError(f"{model}: the tokenizer has no chat template; pass --prompt-template pku or plain")
+        return tokenizer
+    tokenizer.chat_template = PROMPT_TEMPLATES[name]
+    return tokenizer
 
 
 def _ids(out) -> list[int]:

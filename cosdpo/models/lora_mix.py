@@ -6,7 +6,7 @@ datasets whose prompts differ (HH-RLHF's helpful and harmless files), that
 shared LoRA learns what both ask alike for every w, and what they ask in
 opposite directions (longer answers for one, shorter for the other) cancels
 in it; the prefix, a few virtual tokens, is left to carry the whole
-trade-off, and in one CPU pass it carries little (docs/hh-rlhf.md). Here
+trade-off, and in one CPU pass it carries little (docs/results/hh-rlhf.md). Here
 the LoRA itself sees w: one PEFT adapter of rank K * r whose k-th block of r
 ranks is scaled by w_k, so its update is the w-mix of K rank-r updates, the
 DPO Soup's parametrisation, trained in one shot with w drawn per step or per

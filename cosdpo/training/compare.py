@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_json
-from ..config import check_choices, option
+from ..config import RUN_FILE, check_choices, comparison_values, option, write_run_config
 from ..data.groups import RankingSet
 from ..data.letor import load_split
 from ..evaluation.front import front_from_scores, score_base, score_conditioned
@@ -83,6 +83,7 @@ def compare(data, base_dir, out, cfg: CompareConfig) -> dict:
     out = Path(out)
     if (out / "compare.json").exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} already holds a comparison; pass --overwrite or choose another --out")
+    write_run_config(out / RUN_FILE, "ltr compare", {"data": str(data), "base": str(base_dir)} | comparison_values(cfg))
     K = len(cfg.train.objectives)
     grid = weight_grid(K, cfg.grid, cfg.grid_kind, cfg.train.seed)
     # one-time costs before any clock starts, so that no method pays for them:

@@ -30,14 +30,13 @@ from safetensors.torch import save as safetensors_bytes
 from ..atomic import atomic_file, write_json
 from ..config import from_dict, option, redefault, to_dict
 from ..data.preferences import load_many, split_pairs
-from ..data.tokenize import PreferenceSet
+from ..data.tokenize import PROMPT_TEMPLATE_CHOICES, PreferenceSet, use_prompt_template
 from ..evaluation.plot import plot_fronts
 from ..evaluation.preference import preference_front, sequence_scores
 from ..losses import dpo, response_window, sequence_logprobs, weight_cos
-from ..models.hpt import ATTENTIONS, MASKS, PRECISIONS, HPTModel
+from ..models.hpt import ATTENTIONS, MASKS, PRECISION_CHOICES, HPTModel
 from ..models.llm import (
     DEFAULT_MODEL,
-    LORA_TARGETS,
     POLICY_FILE,
     POLICY_FORMAT,
     add_lora,
@@ -94,7 +93,19 @@ class LLMConfig(TrainConfig):
         panel="Model",
     )
     lora_alpha: float = option(16.0, "LoRA scaling alpha (per rank block).", panel="Model")
-    lora_targets: tuple[str, ...] = option(LORA_TARGETS, "Module names LoRA adapts.", panel="Model")
+    lora_targets: tuple[str, ...] = option(
+        (),
+        "Module names LoRA adapts (default: the architecture's attention "
+        "projections, e.g. q/k/v/o_proj, GPT-2's c_attn).",
+        panel="Model",
+    )
+    prompt_template: str = option(
+        "chat",
+        "How prompts become text: chat (the tokenizer's template), pku "
+        "(BEGINNING OF CONVERSATION: USER: ... ASSISTANT:) or plain.",
+        choices=PROMPT_TEMPLATE_CHOICES,
+        panel="Model",
+    )
     prompt_tokens: int = option(8, "Virtual tokens of the Hyper Prompt.", panel="Model")
     prompt_rank: int = option(4, "Rank r of the Hyper Prompt's mask M = A B.", panel="Model")
     prompt_hidden: int = option(64, "Hidden width of the MLPs that map w to A and B.", panel="Model")
@@ -121,9 +132,9 @@ class LLMConfig(TrainConfig):
     max_tokens: int = option(4096, "Padded tokens per forward when scoring without gradients.", panel="Runtime")
     precision: str = option(
         "fp32",
-        "fp32, or bf16: forwards under bf16 autocast, weights kept in float32 "
-        "(about half the step time on a GPU or an AMX CPU).",
-        choices=PRECISIONS,
+        "fp32; bf16: forwards under bf16 autocast, weights kept in float32 (about half the step time on a "
+        "GPU or an AMX CPU); auto: bf16 where the device computes it natively.",
+        choices=PRECISION_CHOICES,
         panel="Runtime",
     )
     attention: str = option(
@@ -231,7 +242,7 @@ def build_policy(base, cfg: LLMConfig, n_objectives: int) -> HPTModel:
     (on HH-RLHF: longer answers for helpful, shorter for harmless) cancels
     in it. ``lora_rank=0`` sends every update through the w-conditioned
     prompt instead; ``lora_mix`` lets the LoRA see w too, and on HH-RLHF
-    only the latter made the front follow w (docs/hh-rlhf.md).
+    only the latter made the front follow w (docs/results/hh-rlhf.md).
     """
     rank = cfg.lora_rank * (n_objectives if cfg.lora_mix else 1)  # w-mixed: one rank block per objective
     lora = add_lora(base, rank, cfg.lora_alpha * rank / cfg.lora_rank, cfg.lora_targets, cfg.seed) if rank else base
@@ -409,7 +420,8 @@ def finetune_llm(
     prepare_out(out, resume, overwrite, POLICY_FILE)
     acc = accelerator or make_accelerator()
     start_run(out, acc, "llm finetune", {"data": data, "format": fmt}, cfg)
-    model, tokenizer = base or load_base(cfg.model)
+    model, tokenizer = base or load_base(cfg.model, prompt_template=cfg.prompt_template)
+    use_prompt_template(tokenizer, cfg.prompt_template, cfg.model)
     sets, objectives, report = load_splits(data, tokenizer, cfg, fmt)
     train_set, vali = sets["train"], sets["held-out"]
     if cfg.fixed_weights is not None:
@@ -431,7 +443,10 @@ def finetune_llm(
         train_set = train_set.subset(np.flatnonzero(np.asarray(cfg.fixed_weights)[train_set.objective] > 0))
     if acc.is_main_process:
         log(report.summary())
-        log(f"training pairs {train_set.counts()}, validation pairs {vali.counts()}")
+        log(
+            f"training pairs {train_set.counts()}, validation pairs {vali.counts()}; forwards in {policy.precision}"
+            f"{' (auto)' if cfg.precision == 'auto' else ''}, {policy.attention} attention"
+        )
     state = train(
         policy,
         PreferenceTask(cfg, vali),
@@ -509,11 +524,11 @@ def write_front(
         policy, tokenizer, _ = load_policy(model_dir, precision=precision, attention=attention)
     else:
         if precision or attention:
-            policy.set_compute(precision or policy.precision, attention)
+            policy.set_compute(precision or policy.requested_precision, attention)
         if tokenizer is None:
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            tokenizer = use_prompt_template(AutoTokenizer.from_pretrained(str(model_dir)), cfg.prompt_template)
     test, _, _ = load_split(data, tokenizer, cfg, fmt, split)
     reference_logprobs(policy, {"front": test}, cfg, Path(reference_file) if reference_file else None, progress)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_json
-from ..config import option
+from ..config import RUN_FILE, comparison_values, option, write_run_config
 from ..evaluation.preference import preference_front, sequence_scores
 from ..models.hpt import HPTModel
 from ..models.llm import load_base, peft_wrapping
@@ -78,7 +78,8 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
     out = Path(out)
     if (out / "compare.json").exists() and not cfg.overwrite:
         raise FileExistsError(f"{out}/compare.json exists: pass --overwrite or choose another --out")
-    base, tokenizer = load_base(cfg.train.model)
+    write_run_config(out / RUN_FILE, "llm compare", {"data": data, "format": fmt} | comparison_values(cfg))
+    base, tokenizer = load_base(cfg.train.model, prompt_template=cfg.train.prompt_template)
     test, objectives, _ = load_split(data, tokenizer, cfg.train, fmt, "held-out")
     K = len(objectives)
     grid = weight_grid(K, cfg.grid, "lattice", cfg.train.seed)

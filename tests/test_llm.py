@@ -437,7 +437,8 @@ def test_compare_config_refuses_bad_methods_before_training(tiny_llm):
 
 
 def test_bf16_policy_keeps_its_precision_and_its_own_reference(tiny_llm, tiny_pairs, tmp_path, monkeypatch):
-    """A bf16 run is saved, loaded and evaluated in bf16 (unless told otherwise), and never reads float32
+    """A bf16 run is saved and loaded in bf16 (unless told otherwise), its fronts measured in float32 unless
+    asked for bf16 (precision=None: as trained), and it never reads float32
     reference log-probs from a shared cache, nor float32 runs its bf16 ones."""
     import cosdpo.training.llm as llm
 
@@ -463,8 +464,8 @@ def test_bf16_policy_keeps_its_precision_and_its_own_reference(tiny_llm, tiny_pa
     assert not np.array_equal(sets["train"].ref, bf16_ref)
     np.testing.assert_allclose(sets["train"].ref, bf16_ref, rtol=0.02)
     # a front in float32 of the bf16 policy: its margins near the bf16 front's, not equal
-    f16 = llm.write_front(tmp_path / "p", None, tmp_path / "f16", grid=3, progress=False)
-    f32 = llm.write_front(tmp_path / "p", None, tmp_path / "f32", grid=3, progress=False, precision="fp32")
+    f16 = llm.write_front(tmp_path / "p", None, tmp_path / "f16", grid=3, progress=False, precision=None)
+    f32 = llm.write_front(tmp_path / "p", None, tmp_path / "f32", grid=3, progress=False)
     assert f16["margins"] != f32["margins"]
     np.testing.assert_allclose(f16["margins"], f32["margins"], atol=0.05)
 

@@ -128,78 +128,15 @@ def test_one_clear_line_for_bad_input(tiny_llm, tiny_pairs, tmp_path):
     assert "not a cosdpo LLM policy" in out
     out = run(["llm", "generate", "--model", tmp_path, "--weights", "1", "--beta-prime", "0", "hi"], code=2)
     assert "beta" in out
-    out = run(
-        [
-            "llm",
-            "finetune",
-            "--model",
-            tiny_llm,
-            "--data",
-            tiny_pairs,
-            "--out",
-            tmp_path / "z",
-            "--max-steps",
-            "2",
-            "--warmup-steps",
-            "2",
-            *TINY,
-        ],
-        code=2,
-    )
-    assert "warmup_steps (2) must be fewer than max_steps (2)" in out
-    out = run(
-        [
-            "llm",
-            "finetune",
-            "--model",
-            tiny_llm,
-            "--data",
-            tiny_pairs,
-            "--out",
-            tmp_path / "m",
-            "--prompt-mask",
-            "sigmoid",
-            *TINY,
-        ],
-        code=2,
-    )
-    assert "prompt_mask must be one of linear, tanh; got 'sigmoid'" in out and not (tmp_path / "m").exists()
-    out = run(
-        [
-            "llm",
-            "finetune",
-            "--model",
-            tiny_llm,
-            "--data",
-            tiny_pairs,
-            "--out",
-            tmp_path / "p",
-            "--weight-sampling",
-            "pair",
-            "--penalty",
-            "0.1",
-            *TINY,
-        ],
-        code=2,
-    )
-    assert "--penalty needs --weight-sampling step" in out and not (tmp_path / "p").exists()
-    out = run(
-        [
-            "llm",
-            "finetune",
-            "--model",
-            tiny_llm,
-            "--data",
-            tiny_pairs,
-            "--out",
-            tmp_path / "h",
-            "--precision",
-            "fp16",
-            *TINY,
-        ],
-        code=2,
-    )
-    assert "precision must be one of fp32, bf16, auto; got 'fp16'" in out and not (tmp_path / "h").exists()
+    for name, extra, message in (
+        ("z", ["--max-steps", "2", "--warmup-steps", "2"], "warmup_steps (2) must be fewer than max_steps (2)"),
+        ("m", ["--prompt-mask", "sigmoid"], "prompt_mask must be one of linear, tanh; got 'sigmoid'"),
+        ("p", ["--weight-sampling", "pair", "--penalty", "0.1"], "--penalty needs --weight-sampling step"),
+        ("h", ["--precision", "fp16"], "precision must be one of fp32, bf16, auto; got 'fp16'"),
+    ):
+        args = ["llm", "finetune", "--model", tiny_llm, "--data", tiny_pairs, "--out", tmp_path / name]
+        out = run([*args, *extra, *TINY], code=2)
+        assert message in out and not (tmp_path / name).exists(), out
 
 
 def test_dpo_ls_model_from_the_command_line(tiny_llm, tiny_pairs, tmp_path):

@@ -30,7 +30,10 @@ ModelOpt = typer.Option(
 FormatOpt = typer.Option(None, "--format", help=FORMAT.help)
 OutOpt = typer.Option(..., "--out", help="Output folder.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
-PrecisionOpt = typer.Option(None, "--precision", help="fp32 or bf16 (default: as the policy was trained).")
+PrecisionOpt = typer.Option(None, "--precision", help="fp32, bf16 or auto (default: as the policy was trained).")
+FrontPrecisionOpt = typer.Option(
+    "fp32", "--precision", help="fp32, bf16 or auto; bf16 moves a response's log-prob by up to half a nat."
+)
 AttentionOpt = typer.Option(None, "--attention", help="auto, sdpa or eager (default: as the policy was trained).")
 
 
@@ -109,7 +112,7 @@ def llm_front(
         help="Keep the reference log-probs of these pairs in the policy folder's "
         "cache, so the next front of the same pairs skips that pass.",
     ),
-    precision: Optional[str] = PrecisionOpt,
+    precision: str = FrontPrecisionOpt,
     attention: Optional[str] = AttentionOpt,
     progress: bool = ProgressOpt,
 ):

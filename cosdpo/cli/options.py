@@ -17,7 +17,6 @@ import inspect
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -38,6 +37,13 @@ class Input:
     default: object = None
 
 
+RECIPE = Input("recipe", "Start from a named recipe (`cosdpo recipes` lists them).", required=False, recorded=False)
+CONFIG = Input(
+    "config",
+    "A YAML or TOML file of option: value lines (a run's run.yaml repeats it); options typed here override it.",
+    required=False,
+    recorded=False,
+)
 OUT = Input("out", "Output folder.", recorded=False)
 RESUME = Input(
     "resume",
@@ -169,33 +175,8 @@ def config_command(
             if f.name in owner:
                 raise TypeError(f"{command}: option {f.name} declared by two sections")
             owner[f.name], fields_by_name[f.name] = section, (f, hints[f.name])
-    params = [
-        inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
-        inspect.Parameter(
-            "recipe",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=Optional[str],
-            default=typer.Option(
-                None,
-                "--recipe",
-                help="Start from a named recipe (`cosdpo recipes` lists them).",
-                rich_help_panel="Data and output",
-            ),
-        ),
-        inspect.Parameter(
-            "config",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=Optional[Path],
-            default=typer.Option(
-                None,
-                "--config",
-                help="A YAML or TOML file of option: value lines (a run's run.yaml repeats it); "
-                "options typed here override it.",
-                rich_help_panel="Data and output",
-            ),
-        ),
-    ]
-    params += [_input_parameter(spec) for spec in inputs]
+    params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
+    params += [_input_parameter(spec) for spec in (RECIPE, CONFIG, *inputs)]
     shown = [
         (f, hint) for name, (f, hint) in fields_by_name.items() if f.metadata.get("cli", True) and name not in hide
     ]

@@ -179,17 +179,16 @@ def load_policy(model_dir, dtype=torch.float32, precision: str | None = None, at
     """(policy, tokenizer, info) from a folder written by ``save_policy``.
 
     ``precision`` and ``attention`` (``HPTModel.set_compute``) default to what
-    the policy was trained with (float32 and the model's own attention for
-    policies saved before the choice existed).
+    the policy was trained with.
     """
     from .hpt import HPTModel, check_compute
 
     check_compute(precision, attention)
     info = read_policy_info(model_dir)
-    trained = info.get("config", {})
-    base, tokenizer = load_base(info["base_model"], dtype, trained.get("prompt_template", "chat"))
+    trained = info["config"]
+    base, tokenizer = load_base(info["base_model"], dtype, trained["prompt_template"])
     policy = HPTModel.from_pretrained(base, model_dir).set_compute(
-        precision or trained.get("precision", "fp32"), attention or trained.get("attention", "auto")
+        precision or trained["precision"], attention or trained["attention"]
     )
     policy.requires_grad_(False)
     policy.eval()

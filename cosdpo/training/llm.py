@@ -498,7 +498,7 @@ def write_front(
     progress: bool = True,
     keep_pairs: bool = False,
     reference_file=None,
-    precision: str | None = None,
+    precision: str | None = "fp32",
     attention: str | None = None,
 ) -> dict:
     """Held-out front of the policy in ``model_dir`` -> front.json and front.png in ``out``.
@@ -510,7 +510,8 @@ def write_front(
     ``reference_file``: the reference log-probs of the front's pairs are read
     from (or added to) this cache, so a second front of the same pairs (another
     grid, another policy from the same base) skips the reference pass.
-    ``precision`` / ``attention``: how the forwards run (default: as trained).
+    ``precision`` / ``attention``: how the forwards run (float32, and the attention kernel as trained;
+    None: the precision as trained). bf16 moves log-probs enough to flip near-tied pairs between weights.
     """
     if split not in ("held-out", "all"):
         raise ValueError(f"split must be held-out or all, got {split!r}")

@@ -8,6 +8,7 @@ the target, flush, then rename over it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -59,9 +60,41 @@ def atomic_file(target, mode: str = "wb"):
         raise
 
 
+def clean_partial_writes(folder) -> list[str]:
+    """Remove what interrupted writes left in ``folder`` (the temporaries of ``atomic_dir`` and
+    ``atomic_file``; a completed write renamed its own away). The ``.NAME.old`` folder a crash mid-swap
+    may leave is kept: ``recover_dir`` reads it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in [*folder.glob(".*.tmp-*"), *folder.glob(".*.tmp")]:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p.name)
+    return removed
+
+
+def _finite(obj, where: str, found: list):
+    """``obj`` with every NaN or infinite float replaced by None, the places listed in ``found``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found.append(where or "(top)")
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), found) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v, f"{where}[{i}]", found) for i, v in enumerate(obj)]
+    return obj
+
+
 def write_json(target, obj) -> None:
+    """Valid JSON always: a NaN or infinity (which ``json`` would write as the non-JSON ``NaN``) becomes
+    null, and a top-level ``null_values`` entry says where and why."""
+    found: list = []
+    obj = _finite(obj, "", found)
+    if found and isinstance(obj, dict):
+        obj["null_values"] = {"where": found[:50], "why": "the value was NaN or infinite (undefined)"}
     with atomic_file(target, "w") as f:
-        json.dump(obj, f, indent=2)
+        json.dump(obj, f, indent=2, allow_nan=False)
         f.write("\n")
 
 

@@ -34,8 +34,18 @@ BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 def check_beta_prime(beta_prime: float | None) -> float | None:
     if beta_prime is not None and not (beta_prime > 0 and beta_prime < float("inf")):
-        raise ValueError(f"--beta must be a finite number > 0, got {beta_prime}")
+        raise ValueError(f"beta' (--beta-prime) must be a finite number > 0, got {beta_prime}")
     return beta_prime
+
+
+def check_decoding(max_new_tokens: int, do_sample: bool, temperature: float, top_p: float):
+    """Decoding options that would answer nothing, or divide by zero when sampling, stop here."""
+    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens}")
+    if do_sample and not (0 < temperature < float("inf")):
+        raise ValueError(f"the sampling temperature must be a finite number > 0, got {temperature}")
+    if do_sample and not (0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
 def _pick(logits, do_sample: bool, temperature: float, top_p: float, generator):
@@ -151,6 +161,7 @@ def generate(
     ``reference=True`` answers with the base model (beta' -> infinity).
     """
     w = torch.as_tensor(check_simplex(weights, policy.cfg.n_objectives), dtype=torch.float32)
+    check_decoding(max_new_tokens, do_sample, temperature, top_p)
     ratio = 0.0 if reference else 1.0 if check_beta_prime(beta_prime) is None else beta / beta_prime
     device = next(policy.parameters()).device
     texts = []

@@ -21,6 +21,11 @@ def _inputs(model, items) -> torch.Tensor:
             f"items have {X.shape[1]} features; the model takes either the full LETOR row "
             f"({schema.n_features}) or its {len(schema.inputs)} input features"
         )
+    if X.shape[0] == 0:
+        raise ValueError("items is empty: give at least one candidate")
+    if not np.all(np.isfinite(X)):
+        i, j = np.argwhere(~np.isfinite(X))[0]
+        raise ValueError(f"item {i} has a NaN or infinite feature (column {j}): one would make every score NaN")
     return torch.from_numpy(np.ascontiguousarray(X))[None]
 
 

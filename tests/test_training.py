@@ -168,7 +168,9 @@ def test_bad_config_fails_at_construction(bad, match):
 def test_generic_letor_objectives_must_leave_the_base_input(tmp_path):
     rng = np.random.default_rng(0)
     lines = [
-        f"{rng.integers(0, 3)} qid:{q} " + " ".join(f"{j}:{rng.random():.4f}" for j in range(1, 11))
+        # f9 and f10 spread over 0..100, so that their default log4 grades differ within a query
+        f"{rng.integers(0, 3)} qid:{q} "
+        + " ".join(f"{j}:{rng.random() * (100 if j > 8 else 1):.4f}" for j in range(1, 11))
         for q in range(12)
         for _ in range(5)
     ]

@@ -179,11 +179,12 @@ def llm_generate(
     attention: Optional[str] = AttentionOpt,
 ):
     """Answer prompts under the trade-off w (and temperature beta')."""
-    from ..generation import check_beta_prime, generate
+    from ..generation import check_beta_prime, check_decoding, generate
     from ..models.llm import load_policy, read_policy_info
 
     w = floats(weights, "--weights")
     check_beta_prime(beta_prime)
+    check_decoding(max_new_tokens, sample, temperature, top_p)  # before the model loads
     info = read_policy_info(model)  # before the model loads: a bad folder fails fast
     if len(w) != len(info["objectives"]):
         raise ValueError(f"--weights has {len(w)} entries; the policy has objectives {info['objectives']}")

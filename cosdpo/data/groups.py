@@ -57,6 +57,18 @@ class RankingSet:
             feats, lf.y[order].astype(np.float32), aux.astype(np.float32), offsets, order_q, schema.objective_names
         )
 
+    def check_learnable(self, source, labels: str = "main"):
+        """Refuse a training split in which no query has two different labels (for ``labels="main"``,
+        the relevance label; else every objective's grades): it holds nothing to learn, and its
+        validation NDCG is undefined."""
+        columns = {"relevance label": self.main} if labels == "main" else dict(zip(self.objectives, self.aux.T))
+        for name, values in columns.items():
+            lo = np.minimum.reduceat(values, self.offsets[:-1]) if len(self) else values
+            hi = np.maximum.reduceat(values, self.offsets[:-1]) if len(self) else values
+            if not np.any(hi > lo):
+                raise DataError(source, f"no training query has two different values of its {name}: nothing to learn")
+        return self
+
     @classmethod
     def load(cls, path, split: str, schema: Schema, seed: int = 0) -> RankingSet:
         lf = load_split(path, split, seed=seed, n_features=schema.n_features, max_label=schema.max_label)

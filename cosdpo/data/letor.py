@@ -22,7 +22,8 @@ from sklearn.datasets import load_svmlight_file
 
 from ..atomic import atomic_file
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: files checked for a last line end, one-based indices and MSLR's width
+MSLR_WIDTH = 136
 FOLD_FILES = {"train": "train.txt", "vali": "vali.txt", "test": "test.txt"}
 SPLITS = ("train", "vali", "test", "all")
 
@@ -107,9 +108,38 @@ def _first_malformed_line(path: Path):
     return None
 
 
+def _check_complete(path: Path):
+    """A file cut short (a copy or download that stopped mid-line) ends without a line end."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b"\n":
+            last = sum(1 for _ in open(path, "rb"))
+            raise DataError(path, "the last line has no line end: the file looks cut short", last)
+
+
+def _check_width(path: Path, X):
+    """MSLR lines list all 136 features; a line with a feature beyond that is an error in the file, not a
+    wider schema (which would turn the objectives 132..136 into model inputs)."""
+    ends = np.diff(X.indptr) > 0
+    last = np.zeros(X.shape[0], dtype=np.int64)
+    last[ends] = X.indices[X.indptr[1:][ends] - 1] + 1
+    if X.shape[1] > MSLR_WIDTH and np.median(last[ends]) == MSLR_WIDTH:
+        row = int(np.flatnonzero(last > MSLR_WIDTH)[0])
+        raise DataError(
+            path,
+            f"feature index {last[row]} is beyond the 136 features of the file's other lines",
+            _line_of_row(path, row),
+        )
+
+
 def _parse(path: Path):
+    _check_complete(path)
     try:
-        X, y, qid = load_svmlight_file(str(path), query_id=True, dtype=np.float32)
+        # one-based, as LETOR is: sklearn's "auto" would read a whole file as zero-based on one "0:v"
+        X, y, qid = load_svmlight_file(str(path), query_id=True, dtype=np.float32, zero_based=False)
     except ValueError as exc:
         found = _first_malformed_line(path)
         if found:
@@ -124,6 +154,8 @@ def _parse(path: Path):
                 raise DataError(path, "missing qid: every line needs 'qid:N' after the label", lineno)
         raise DataError(path, "missing qid on some lines")
     X = X.tocsr()
+    X.sort_indices()
+    _check_width(path, X)
     return X, y.astype(np.float32), qid.astype(np.int64)
 
 

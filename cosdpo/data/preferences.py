@@ -20,6 +20,7 @@ Formats:
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import re
 from collections import Counter
@@ -74,11 +75,39 @@ class LoadReport:
 
 
 def _rows(path: Path):
+    """(line number, text) of every non-blank line; a line that is not UTF-8 comes as the error."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield lineno, exc
+                continue
             if line.strip():
                 yield lineno, line
+
+
+def _messages(value) -> list[dict] | None:
+    """A prompt as chat messages: a string, or a list of {"role": str, "content": str}; None if neither."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value.strip()}]
+    ok = (
+        isinstance(value, list)
+        and value
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+        )
+    )
+    return [{"role": m["role"], "content": m["content"]} for m in value] if ok else None
+
+
+def _response(value) -> str | None:
+    """A response: a string, or TRL's conversational form (messages ending in the assistant's); else None."""
+    if isinstance(value, str):
+        return value
+    messages = _messages(value) if isinstance(value, list) else None
+    return messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else None
 
 
 def _keep(pairs, report, objective, prompt, chosen, rejected, where):
@@ -114,20 +143,27 @@ def hh_prompt_and_responses(chosen: str, rejected: str):
     return prompt, chosen[cut:].strip(), rejected[cut:].strip()
 
 
+def format_of(row) -> str | None:
+    """pku, hh or jsonl from one row's fields (hh also covers TRL's implicit-prompt rows); None if none fits."""
+    if isinstance(row, dict):
+        if "better_response_id" in row or "safer_response_id" in row:
+            return "pku"
+        if "prompt" in row:
+            return "jsonl"
+        if "chosen" in row:
+            return "hh"
+    return None
+
+
 def detect_format(path) -> str:
-    """pku, hh or jsonl, from the first row's fields."""
+    """pku, hh or jsonl, from the first row of a file."""
     for _, line in _rows(Path(path)):
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if isinstance(row, dict):
-            if "better_response_id" in row or "safer_response_id" in row:
-                return "pku"
-            if "prompt" in row:
-                return "jsonl"
-            if "chosen" in row:
-                return "hh"
+            found = format_of(json.loads(line))
+        except (json.JSONDecodeError, TypeError):
+            found = None
+        if found:
+            return found
         break
     raise ValueError(f"{path}: cannot tell its format from the first row; pass --format pku|hh|jsonl")
 
@@ -139,13 +175,21 @@ def _hf_rows(spec: str):
     except ImportError as exc:
         raise ImportError("hf: data needs the datasets package: pip install datasets") from exc
     name, _, split = spec[3:].partition("@")
-    for i, row in enumerate(load_dataset(name, split=split or "train"), start=1):
+    try:
+        rows = load_dataset(name, split=split or "train")
+    except Exception as exc:  # datasets raises many kinds (no such dataset, a loading script, no network)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{spec}: cannot load this dataset ({first})") from None
+    for i, row in enumerate(rows, start=1):
         yield f"{spec}:{i}", row
 
 
 def _file_rows(path: Path):
     for lineno, line in _rows(path):
         where = f"{path}:{lineno}"
+        if isinstance(line, UnicodeDecodeError):
+            yield where, line
+            continue
         try:
             yield where, json.loads(line)
         except json.JSONDecodeError as exc:
@@ -169,7 +213,12 @@ def load_preferences(path, fmt: str | None = None, objective: str | None = None,
     _check_format(fmt, objective)  # bad arguments fail before the file is opened
     if not is_hf and not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    fmt = fmt or ("jsonl" if is_hf else detect_format(path))
+    rows = _hf_rows(source) if is_hf else _file_rows(Path(path))
+    if fmt is None and is_hf:  # as for files: from the first row
+        first = next(rows, None)
+        fmt = (format_of(first[1]) if first else None) or "jsonl"
+        rows = itertools.chain([first] if first else [], rows)
+    fmt = fmt or detect_format(path)
     _check_format(fmt, objective)
     report = report or LoadReport()
     pairs: list[PreferencePair] = []
@@ -178,32 +227,55 @@ def load_preferences(path, fmt: str | None = None, objective: str | None = None,
         "hh": ("chosen", "rejected"),
         "jsonl": ("prompt", "chosen", "rejected"),
     }[fmt]
-    for where, row in _hf_rows(source) if is_hf else _file_rows(Path(path)):
+    for where, row in rows:
         if isinstance(row, json.JSONDecodeError):
             report.skip(f"not JSON ({row.msg})", where)
+            continue
+        if isinstance(row, UnicodeDecodeError):
+            report.skip("not UTF-8 text", where)
             continue
         missing = [k for k in need if not isinstance(row, dict) or row.get(k) is None]
         if missing:
             report.skip(f"missing field {missing[0]!r}", where)
             continue
         if fmt == "pku":
-            prompt = [{"role": "user", "content": str(row["prompt"]).strip()}]
+            if not all(isinstance(row[k], str) for k in ("prompt", "response_0", "response_1")):
+                report.skip("prompt or response is not text", where)
+                continue
+            prompt = [{"role": "user", "content": row["prompt"].strip()}]
             for obj, key in PKU_OBJECTIVES.items():
-                if row[key] not in (0, 1):
+                if row[key] not in (0, 1) or isinstance(row[key], bool):
                     report.skip(f"{key} is not 0 or 1", where)
                     continue
                 good, bad = row[f"response_{row[key]}"], row[f"response_{1 - row[key]}"]
-                _keep(pairs, report, obj, prompt, str(good), str(bad), where)
+                _keep(pairs, report, obj, prompt, good, bad, where)
         elif fmt == "hh":
-            cut = hh_prompt_and_responses(row["chosen"], row["rejected"])
-            if cut is None:
-                report.skip("no shared 'Assistant:' turn", where)
+            chosen, rejected = row["chosen"], row["rejected"]
+            if isinstance(chosen, str) and isinstance(rejected, str):
+                cut = hh_prompt_and_responses(chosen, rejected)
+                if cut is None:
+                    report.skip("no shared 'Assistant:' turn", where)
+                    continue
+                _keep(pairs, report, objective, *cut, where)
                 continue
-            _keep(pairs, report, objective, *cut, where)
+            # TRL's implicit-prompt conversational form: two dialogues sharing all but the last message
+            c, r = (
+                _messages(chosen) if isinstance(chosen, list) else None,
+                _messages(rejected) if isinstance(rejected, list) else None,
+            )
+            if not c or not r or c[:-1] != r[:-1] or _response(c) is None or _response(r) is None:
+                report.skip("chosen and rejected are not two dialogues differing in the last answer", where)
+                continue
+            _keep(pairs, report, objective, c[:-1], _response(c), _response(r), where)
         else:
-            p = row["prompt"]
-            prompt = [{"role": "user", "content": p.strip()}] if isinstance(p, str) else list(p)
-            _keep(pairs, report, objective, prompt, str(row["chosen"]), str(row["rejected"]), where)
+            prompt, chosen, rejected = _messages(row["prompt"]), _response(row["chosen"]), _response(row["rejected"])
+            if prompt is None:
+                report.skip("prompt is neither text nor chat messages with role and content", where)
+                continue
+            if chosen is None or rejected is None:
+                report.skip("a response is neither text nor messages ending in the assistant's", where)
+                continue
+            _keep(pairs, report, objective, prompt, chosen, rejected, where)
     return pairs, report
 
 
@@ -211,7 +283,11 @@ def load_many(spec: str, fmt: str | None = None):
     """``helpful=a.jsonl,harmless=b.jsonl`` or one PKU-SafeRLHF path -> (pairs, objectives, report)."""
     report, pairs, objectives = LoadReport(), [], []
     for objective, path in parse_data_spec(spec):
+        before = Counter(report.skipped)
         got, _ = load_preferences(path, fmt, objective, report)
+        if not got:
+            reasons = "; ".join(f"{n} rows: {r}" for r, n in (report.skipped - before).most_common()) or "no rows"
+            raise ValueError(f"{path}: no usable preference pairs ({reasons}); is --format right?")
         pairs += got
         for o in [objective] if objective else list(PKU_OBJECTIVES):
             if o not in objectives:
@@ -236,4 +312,8 @@ def parse_data_spec(text: str) -> list[tuple[str | None, str]]:
     for part in text.split(","):
         obj, sep, path = part.partition("=")
         out.append((obj.strip(), path.strip()) if sep else (None, obj.strip()))
+    names = [o for o, _ in out if o]
+    twice = sorted({o for o in names if names.count(o) > 1})
+    if twice:
+        raise ValueError(f"--data names objective {twice[0]!r} twice: give one file per objective")
     return out

@@ -160,6 +160,8 @@ def front_job(
     beta_prime=None,
 ) -> dict:
     """Load a conditioned ranker, measure its front on a split, write front.json and front.png."""
+    if reference is not None and not np.all(np.isfinite(np.asarray(reference, dtype=float))):
+        raise ValueError(f"the reference point must be finite numbers, got {list(reference)}")
     model = load_ranker(model_dir)
     if not isinstance(model, ConditionedRanker):
         raise ValueError(f"{model_dir} holds a {model.kind} ranker; a front needs a fine-tuned (conditioned) one")

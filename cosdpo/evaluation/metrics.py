@@ -56,6 +56,8 @@ def hypervolume(points, reference=None) -> float:
     """
     points = np.atleast_2d(np.asarray(points, dtype=np.float64))
     ref = np.zeros(points.shape[1]) if reference is None else np.asarray(reference, dtype=np.float64)
+    if ref.shape != (points.shape[1],) or not np.all(np.isfinite(ref)):
+        raise ValueError(f"the reference point must be {points.shape[1]} finite numbers, got {ref.tolist()}")
     keep = np.all(points > ref, axis=1)
     if not keep.any():
         return 0.0

@@ -259,6 +259,8 @@ class HPTModel(nn.Module):
         out_dir = Path(out_dir)
         if not (out_dir / HPT_CONFIG).is_file():
             raise FileNotFoundError(f"{out_dir} holds no {HPT_CONFIG}")
+        if (out_dir / "adapter_config.json").is_file() and not (out_dir / "adapter_model.safetensors").is_file():
+            raise ValueError(f"{out_dir} holds no adapter_model.safetensors (pickled adapter weights are refused)")
         if (out_dir / "adapter_config.json").is_file() and not hasattr(model, "peft_config"):
             from peft import PeftModel
 

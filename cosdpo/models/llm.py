@@ -82,16 +82,52 @@ def resolve_model(name: str) -> str:
     return str(smollm2_folder()) if name == DEFAULT_MODEL else name
 
 
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers at all; without this a machine with no network waits
+    about a minute on retries before failing (and never under ``HF_HUB_OFFLINE``)."""
+    import socket
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = constants.ENDPOINT.split("://", 1)[-1].split("/", 1)[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_base(name: str = DEFAULT_MODEL, dtype=torch.float32, prompt_template: str = "chat"):
     """(model, tokenizer) for a folder or hub id; the model is frozen and in eval mode, the tokenizer
     set to ``prompt_template`` (``data.tokenize.use_prompt_template``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model(name)
-    if not Path(path).exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+    local = Path(path).exists()
+    if not local and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise FileNotFoundError(f"--model {name}: no such folder")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if not local and not _in_hub_cache(path) and not _hub_reachable():
+        raise FileNotFoundError(
+            f"--model {name}: not a local folder, not in the Hugging Face cache, and the Hub cannot be reached "
+            "(offline); give a model folder"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        # safetensors only: a pickled .bin checkpoint can run code when loaded
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FileNotFoundError(
+            f"--model {name}: cannot load it as a causal LM with safetensors weights ({first})"
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     use_prompt_template(tokenizer, prompt_template, name)

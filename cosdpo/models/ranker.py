@@ -286,10 +286,26 @@ def load_ranker(model_dir) -> nn.Module:
     cfg_path, weights = model_dir / "config.json", model_dir / "model.safetensors"
     if not cfg_path.is_file() or not weights.is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder (needs config.json and model.safetensors)")
-    config = json.loads(cfg_path.read_text())
+    try:
+        config = json.loads(cfg_path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{cfg_path}: not valid JSON ({exc})") from None
     check_format(config, RANKER_FORMAT, cfg_path)
-    model = build_ranker(config)
-    model.load_state_dict(load_file(str(weights)))
+    try:
+        model = build_ranker(config)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{cfg_path}: incomplete or inconsistent ranker config ({type(exc).__name__}: {exc})"
+        ) from None
+    try:
+        tensors = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error types for a truncated or foreign file
+        raise ValueError(f"{weights}: not a readable safetensors file ({exc})") from None
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(f"{weights} does not match {cfg_path.name} ({first})") from None
     return model.eval()
 
 

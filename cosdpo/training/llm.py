@@ -334,6 +334,7 @@ class PreferenceTask:
 
     def __init__(self, cfg: LLMConfig, vali: PreferenceSet):
         self.cfg, self.vali = cfg, vali
+        self.names = list(vali.objectives)
         self.K = len(vali.objectives)
         self.grid = weight_grid(self.K, max(cfg.val_grid, self.K), "dirichlet", cfg.seed)
 
@@ -419,11 +420,11 @@ def finetune_llm(
     out = Path(out)
     prepare_out(out, resume, overwrite, POLICY_FILE)
     acc = accelerator or make_accelerator()
-    start_run(out, acc, "llm finetune", {"data": data, "format": fmt}, cfg)
     model, tokenizer = base or load_base(cfg.model, prompt_template=cfg.prompt_template)
     use_prompt_template(tokenizer, cfg.prompt_template, cfg.model)
     sets, objectives, report = load_splits(data, tokenizer, cfg, fmt)
     train_set, vali = sets["train"], sets["held-out"]
+    start_run(out, acc, "llm finetune", {"data": data, "format": fmt}, cfg)
     if cfg.fixed_weights is not None:
         check_simplex(cfg.fixed_weights, len(objectives))
     set_seed(cfg.seed)

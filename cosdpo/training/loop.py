@@ -41,7 +41,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_dir, check_format, recover_dir, write_json
+from ..atomic import atomic_dir, check_format, clean_partial_writes, recover_dir, write_json
 from ..config import RUN_FILE, check_choices, check_finite, option, to_dict, write_run_config
 from ..data.groups import RankingSet
 
@@ -114,6 +114,8 @@ class TrainConfig:
 class Task(Protocol):
     """What a job supplies to ``train``: its loss terms, how they combine, and a validation score."""
 
+    names: list[str]  # what each loss term is, for messages
+
     def terms(self, model, batch: dict, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-objective loss sums over this process's groups, and how many groups counted in each."""
 
@@ -135,17 +137,19 @@ def job_settings(cfg, **extra) -> dict:
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool, marker: str):
-    """Refuse to train over a finished model (``marker``) or a checkpoint unless told to."""
+    """Refuse to train over a finished model (``marker``) or a checkpoint unless told to, and clear what
+    an interrupted write left there."""
     if not resume and ((out / marker).exists() or (out / CHECKPOINT).exists()) and not overwrite:
         raise FileExistsError(
             f"{out} already holds a model or checkpoint: pass --resume to continue it, "
             f"--overwrite to replace it, or choose another --out"
         )
+    clean_partial_writes(out)
 
 
 def start_run(out: Path, acc: Accelerator, command: str, inputs: dict, cfg) -> None:
-    """Write ``run.yaml`` (the command, its inputs and every resolved option) before any work:
-    ``cosdpo COMMAND --config run.yaml`` repeats the run, also when this one is interrupted."""
+    """Write ``run.yaml`` (the command, its inputs and every resolved option) once the data has loaded,
+    before training: ``cosdpo COMMAND --config run.yaml`` repeats the run, also when this one is interrupted."""
     if acc.is_main_process:
         write_run_config(out / RUN_FILE, command, inputs | to_dict(cfg))
     acc.wait_for_everyone()
@@ -307,11 +311,20 @@ def train(
             for g, lr in zip(optimizer.param_groups, base_lrs):
                 g["lr"] = lr * lr_factor(cfg.lr_schedule, state.global_step, total, cfg.warmup_steps)
             if len(groups) >= world:  # a process with no groups could not join the gradient sync
-                running.append(
-                    train_step(
+                try:
+                    loss = train_step(
                         ddp_model, task, data, groups[rank::world], state.global_step, acc, optimizer, trainable, cfg
                     )
-                )
+                except NonFiniteLoss as exc:
+                    bar.close()
+                    names = getattr(task, "names", None) or []
+                    which = ", ".join(names[k] if k < len(names) else f"objective {k}" for k in exc.objectives)
+                    kept = f"the last checkpoint in {ckpt_path} is kept" if ckpt_path.exists() else "no model is saved"
+                    raise ValueError(
+                        f"training stopped at step {state.global_step + 1}: the loss of {which} is not finite "
+                        f"(lower --lr or --beta); {kept}"
+                    ) from None
+                running.append(loss)
             state.step_in_epoch += 1
             state.global_step += 1
             bar.update(1)
@@ -354,8 +367,19 @@ def train(
     bar.close()
     if best_state is not None:
         _load_trained(model, best_state)
+    bad = [name for name, t in trained_state(model).items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:  # a step whose loss was finite can still overflow the weights (the last step is never re-checked)
+        raise ValueError(f"training produced non-finite weights ({bad[0]}): nothing is saved; lower --lr")
     model.eval()
     return state
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A step's loss (of the objectives listed) is NaN or infinite: nothing of it is applied."""
+
+    def __init__(self, objectives: list[int]):
+        super().__init__(f"non-finite loss of objectives {objectives}")
+        self.objectives = objectives
 
 
 def train_step(model, task, data, groups, step, acc, optimizer, trainable, cfg: TrainConfig) -> float:
@@ -381,6 +405,8 @@ def train_step(model, task, data, groups, step, acc, optimizer, trainable, cfg: 
             g_sums = acc.reduce(sums.detach().clone(), "sum")
             g_counts = acc.reduce(counts.detach().to(sums.dtype).clone(), "sum")
             losses = (g_sums / g_counts.clamp_min(1)).requires_grad_(True)
+            if not torch.isfinite(losses).all():  # before any of it reaches the weights
+                raise NonFiniteLoss(torch.nonzero(~torch.isfinite(losses)).flatten().tolist())
             total = task.combine(losses, step)
             (coef,) = torch.autograd.grad(total, losses)
             if step_counts is not None:

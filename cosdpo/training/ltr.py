@@ -160,6 +160,8 @@ class FinetuneConfig(TrainConfig, ScorerConfig):
 
 
 class ListNetTask:
+    names = ["ListNet on the relevance label"]
+
     def __init__(self, vali: RankingSet, k: int):
         self.vali, self.k = vali, k
 
@@ -183,6 +185,7 @@ class WeightCOSTask:
 
     def __init__(self, cfg: FinetuneConfig, vali: RankingSet):
         self.cfg, self.vali = cfg, vali
+        self.names = list(cfg.objectives)
         self.K = len(cfg.objectives)
         self.vali_base = None
         self.val_grid = weight_grid(self.K, cfg.val_grid if self.K == 2 else self.K + 5, "dirichlet", cfg.seed)
@@ -279,12 +282,12 @@ def train_base(
     out = Path(out)
     prepare_out(out, resume, overwrite, "config.json")
     acc = accelerator or make_accelerator()
-    start_run(out, acc, "ltr train-base", {"data": str(data)}, cfg)
     width = dataset_width(data)
     schema = make_schema(width, cfg.exclude, max_label=cfg.max_label).with_objectives([])
-    train_set = RankingSet.load(data, "train", schema, cfg.split_seed)
+    train_set = RankingSet.load(data, "train", schema, cfg.split_seed).check_learnable(data, "main")
     vali = RankingSet.load(data, "vali", schema, cfg.split_seed)
     set_seed(cfg.seed)
+    start_run(out, acc, "ltr train-base", {"data": str(data)}, cfg)
     model = BaseRanker(schema, _scorer(cfg))
     model.norm.fit(train_set.features)
     model.to(acc.device)
@@ -324,7 +327,6 @@ def finetune(
     out = Path(out)
     prepare_out(out, resume, overwrite, "config.json")
     acc = accelerator or make_accelerator()
-    start_run(out, acc, "ltr finetune", {"data": str(data), "base": str(base_dir)}, cfg)
     base = load_ranker(base_dir)
     if not isinstance(base, BaseRanker):
         raise ValueError(f"{base_dir} is not a base ranker (it is a {base.kind} model)")
@@ -336,9 +338,10 @@ def finetune(
             f"--exclude {','.join(cfg.objectives)} so that the objectives leave its input"
         )
     schema = Schema(base.schema.n_features, list(base.schema.inputs), wanted.objectives, base.schema.max_label)
-    train_set = RankingSet.load(data, "train", schema, cfg.split_seed)
+    train_set = RankingSet.load(data, "train", schema, cfg.split_seed).check_learnable(data, "objectives")
     vali = RankingSet.load(data, "vali", schema, cfg.split_seed)
     base.to(acc.device)
+    start_run(out, acc, "ltr finetune", {"data": str(data), "base": str(base_dir)}, cfg)
     train_set.ref = score_base(base, train_set)  # the base is frozen: its scores never change
     if cfg.method == "modpo":
         train_set.margin = modpo_margins(single_models, train_set, cfg)

@@ -257,6 +257,14 @@ def test_resume_continues_exactly(tiny_llm, tiny_pairs, tmp_path):
     full, cut = (load_file(str(tmp_path / d / "checkpoint" / "model.safetensors")) for d in ("full", "cut"))
     assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
     assert (tmp_path / "cut" / "checkpoint" / "model.safetensors").stat().st_size < 200_000  # never the base
+    # the per-step log: the resumed run's is the uninterrupted one's, and each line's rewards add up
+    log = {d: [json.loads(x) for x in (tmp_path / d / "steps.jsonl").read_text().splitlines()] for d in ("full", "cut")}
+    assert log["full"] == log["cut"] and [r["step"] for r in log["full"]] == list(range(1, 7))
+    for r in log["full"]:
+        for o in ("short", "cat"):
+            if f"loss/{o}" in r:  # the objective had pairs in this step
+                assert 0 <= r[f"accuracy/{o}"] <= 1
+                assert r[f"margin/{o}"] == pytest.approx(r[f"chosen_reward/{o}"] - r[f"rejected_reward/{o}"], abs=1e-9)
 
 
 def test_saved_policy_loads_back_exactly(tiny_llm, tiny_pairs, tmp_path):

@@ -78,9 +78,31 @@ def test_resume_after_a_crash_mid_epoch(tiny_fold, tiny_base, tmp_path, monkeypa
     state = json.loads((tmp_path / "crashed" / "checkpoint" / "state.json").read_text())["state"]
     assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (6, 1, 1)
     assert not (tmp_path / "crashed" / "config.json").exists()
+
+    def steps(run):
+        return [json.loads(line) for line in (tmp_path / run / "steps.jsonl").read_text().splitlines()]
+
+    assert [r["step"] for r in steps("crashed")] == list(range(1, 8))  # written as it went, up to the crash
     monkeypatch.setattr(WeightCOSTask, "terms", real_terms)
     finetune(tiny_fold, tiny_base, tmp_path / "crashed", FinetuneConfig(epochs=2, **cfg), resume=True)
     _same_weights(tmp_path / "straight", tmp_path / "crashed")
+    # the resumed run rewrote the step its checkpoint did not hold: the log is the straight run's, line by line
+    assert steps("crashed") == steps("straight") and len(steps("straight")) == 10
+    first = steps("straight")[0]
+    assert set(first) == {"step", "epoch", "loss", "loss/quality1", "loss/quality2", "w", "lr"}
+    assert first["loss"] == pytest.approx(
+        sum(w * first[f"loss/{o}"] for w, o in zip(first["w"], FT["objectives"])), rel=1e-5
+    )  # lambda 0: the step objective is w . L
+
+
+def test_steps_go_to_tensorboard_too(tiny_fold, tiny_base, tmp_path):
+    pytest.importorskip("tensorboardX")
+    finetune(tiny_fold, tiny_base, tmp_path / "tb", FinetuneConfig(epochs=1, report_to="tensorboard", **FT))
+    events = list((tmp_path / "tb" / "runs").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
+    assert len((tmp_path / "tb" / "steps.jsonl").read_text().splitlines()) == 5
+    with pytest.raises(ValueError, match="--report-to wandb needs one of the packages"):
+        FinetuneConfig(report_to="wandb", **FT)
 
 
 def test_cosine_schedule_follows_torchs_cosine_annealing(tiny_fold, tiny_base, tmp_path):

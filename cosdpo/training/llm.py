@@ -335,6 +335,7 @@ class PreferenceTask:
     def __init__(self, cfg: LLMConfig, vali: PreferenceSet):
         self.cfg, self.vali = cfg, vali
         self.names = list(vali.objectives)
+        self.tally: dict[int, dict] = {}  # step -> per-objective sums, read (and dropped) by train_step
         self.K = len(vali.objectives)
         self.grid = weight_grid(self.K, max(cfg.val_grid, self.K), "dirichlet", cfg.seed)
 
@@ -375,8 +376,28 @@ class PreferenceTask:
         else:  # no cache: the reference forward runs every step, as in TRL
             ref = sequence_logprobs(getattr(model, "module", model).reference_logits(ids, attn, keep), ids, resp)
         per_pair, _ = dpo(logp[c], logp[r], ref[c], ref[r], self.cfg.beta, reduction="none")
+        self._tally(step, batch["objective"], logp[c] - ref[c], logp[r] - ref[r])
         sums = torch.zeros(self.K, dtype=per_pair.dtype, device=ids.device).index_add(0, batch["objective"], per_pair)
         return sums, torch.bincount(batch["objective"], minlength=self.K)
+
+    @torch.no_grad()
+    def _tally(self, step: int, objective, chosen, rejected):
+        """Per objective, sums over the step's pairs of what the training log reports: preference accuracy
+        (a tie counts a half) and the implicit rewards beta (log pi - log pi_ref) of both responses."""
+        chosen, rejected = self.cfg.beta * chosen.double(), self.cfg.beta * rejected.double()
+        margin = chosen - rejected
+        won = (margin > 0).double() + 0.5 * (margin == 0).double()
+        new = {
+            name: torch.zeros(self.K, dtype=torch.float64, device=margin.device).index_add(0, objective, v)
+            for name, v in (
+                ("accuracy", won),
+                ("margin", margin),
+                ("chosen_reward", chosen),
+                ("rejected_reward", rejected),
+            )
+        }
+        old = self.tally.get(step)
+        self.tally[step] = new if old is None else {k: old[k] + new[k] for k in new}
 
     def counts(self, data: PreferenceSet, records) -> torch.Tensor:
         """Pairs per objective among ``records``, known before any forward (exact accumulation)."""
@@ -419,7 +440,7 @@ def finetune_llm(
     """
     out = Path(out)
     prepare_out(out, resume, overwrite, POLICY_FILE)
-    acc = accelerator or make_accelerator()
+    acc = accelerator or make_accelerator(cfg.report_to, out)
     model, tokenizer = base or load_base(cfg.model, prompt_template=cfg.prompt_template)
     use_prompt_template(tokenizer, cfg.prompt_template, cfg.model)
     sets, objectives, report = load_splits(data, tokenizer, cfg, fmt)

@@ -27,6 +27,7 @@ exactly where the checkpoint left off.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -46,6 +47,9 @@ from ..config import RUN_FILE, check_choices, check_finite, option, to_dict, wri
 from ..data.groups import RankingSet
 
 CHECKPOINT = "checkpoint"
+STEPS_FILE = "steps.jsonl"
+# Accelerate's trackers, with the packages any of which serves each
+TRACKERS = {"none": (), "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -91,6 +95,13 @@ class TrainConfig:
     val_every: int = option(1, "Validate every N epochs (and at the end).", panel="Evaluation")
     checkpoint_every: int = option(0, "Also checkpoint every N steps (0: at epoch ends only).", panel="Runtime")
     progress: bool = option(True, "Show progress bars.", panel="Runtime")
+    report_to: str = option(
+        "none",
+        "Also log every step to this Accelerate tracker (its package installed); "
+        "steps.jsonl in --out is always written.",
+        choices=TRACKERS,
+        panel="Runtime",
+    )
 
     def __post_init__(self):
         check_choices(self)
@@ -107,6 +118,8 @@ class TrainConfig:
             raise ValueError("weight_decay and grad_clip must be >= 0")
         if self.max_steps and self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be fewer than max_steps ({self.max_steps})")
+        if self.report_to != "none" and not any(importlib.util.find_spec(m) for m in TRACKERS[self.report_to]):
+            raise ValueError(f"--report-to {self.report_to} needs one of the packages {TRACKERS[self.report_to]}")
         if self.grad_accum > self.batch_size:
             raise ValueError(f"grad_accum ({self.grad_accum}) cannot exceed batch_size ({self.batch_size})")
 
@@ -241,7 +254,15 @@ def load_checkpoint(path: Path, model, optimizer, job: dict):
     return TrainState(**saved["state"]), best_state
 
 
-def make_accelerator() -> Accelerator:
+def _keep_steps(path: Path, last_step: int):
+    """Keep the lines of steps.jsonl up to ``last_step`` (all of a new run's: none)."""
+    lines = path.read_text().splitlines() if path.is_file() and last_step else []
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= last_step]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def make_accelerator(report_to: str = "none", out=None) -> Accelerator:
     """Accelerate's state for this process.
 
     Under ``torchrun`` or ``accelerate launch --multi_gpu`` on a machine
@@ -249,7 +270,9 @@ def make_accelerator() -> Accelerator:
     processes; with ``cpu=True`` they form one gloo process group.
     """
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    return Accelerator(cpu=cpu)
+    if report_to == "none":
+        return Accelerator(cpu=cpu)
+    return Accelerator(cpu=cpu, log_with=report_to, project_dir=str(out))
 
 
 def train(
@@ -278,6 +301,21 @@ def train(
         state, best_state = load_checkpoint(ckpt_path, model, optimizer, job)
     ddp_model, optimizer = acc.prepare(model, optimizer)
     world, rank = acc.num_processes, acc.process_index
+    steps_file = out_dir / STEPS_FILE
+    if acc.is_main_process:
+        _keep_steps(steps_file, state.global_step)  # a resumed run rewrites the steps after its checkpoint
+    if acc.log_with and not acc.trackers:  # the run folder's name, its scalar options as the run's config
+        acc.init_trackers("runs", config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str))})
+
+    def log_step(metrics: dict):
+        """One line per step in steps.jsonl, written as it goes (and to Accelerate's trackers, if any)."""
+        record = {"step": state.global_step + 1, "epoch": state.epoch} | metrics
+        if acc.is_main_process:
+            with open(steps_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if acc.trackers:
+            acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
+
     n_batches = len(data.epoch_batches(cfg.batch_size, cfg.seed, 0))
     total = cfg.max_steps or cfg.epochs * n_batches
     if cfg.warmup_steps >= total:  # with max_steps the config refused it; epochs * batches is known only here
@@ -312,7 +350,7 @@ def train(
                 g["lr"] = lr * lr_factor(cfg.lr_schedule, state.global_step, total, cfg.warmup_steps)
             if len(groups) >= world:  # a process with no groups could not join the gradient sync
                 try:
-                    loss = train_step(
+                    metrics = train_step(
                         ddp_model, task, data, groups[rank::world], state.global_step, acc, optimizer, trainable, cfg
                     )
                 except NonFiniteLoss as exc:
@@ -324,7 +362,8 @@ def train(
                         f"training stopped at step {state.global_step + 1}: the loss of {which} is not finite "
                         f"(lower --lr or --beta); {kept}"
                     ) from None
-                running.append(loss)
+                running.append(metrics["loss"])
+                log_step(metrics | {"lr": [g["lr"] for g in optimizer.param_groups]})
             state.step_in_epoch += 1
             state.global_step += 1
             bar.update(1)
@@ -365,6 +404,8 @@ def train(
             )
         checkpoint()
     bar.close()
+    if acc.trackers:
+        acc.end_training()
     if best_state is not None:
         _load_trained(model, best_state)
     bad = [name for name, t in trained_state(model).items() if t.is_floating_point() and not torch.isfinite(t).all()]
@@ -382,7 +423,7 @@ class NonFiniteLoss(ArithmeticError):
         self.objectives = objectives
 
 
-def train_step(model, task, data, groups, step, acc, optimizer, trainable, cfg: TrainConfig) -> float:
+def train_step(model, task, data, groups, step, acc, optimizer, trainable, cfg: TrainConfig) -> dict:
     """One optimizer step over this process's ``groups``, in ``grad_accum`` micro-batches.
 
     With one micro-batch the step is exact (see the module docstring). With
@@ -392,12 +433,16 @@ def train_step(model, task, data, groups, step, acc, optimizer, trainable, cfg: 
     so the step is exact whenever ``combine`` is linear in L (Weight-COS with
     lambda = 0, DPO-LS) and the cosine penalty is approximated. Otherwise
     micro-batch means are averaged, as most accumulating trainers do.
+
+    Returns the step's metrics over the global batch: ``loss``, each
+    objective's mean loss, and what the task tallies per objective
+    (``task.tally``: preference accuracy and reward margins for an LLM).
     """
     chunks = [c.tolist() for c in np.array_split(np.asarray(groups), cfg.grad_accum) if len(c)]
     step_counts = None
     if len(chunks) > 1 and hasattr(task, "counts"):
         step_counts = acc.reduce(task.counts(data, groups).to(acc.device, torch.float32), "sum")
-    totals = []
+    totals, mean_losses, counted = [], 0.0, 0.0
     for i, chunk in enumerate(chunks):
         sync = acc.no_sync(model) if i < len(chunks) - 1 else contextlib.nullcontext()
         with sync:
@@ -415,8 +460,21 @@ def train_step(model, task, data, groups, step, acc, optimizer, trainable, cfg: 
                 surrogate = (coef * sums / g_counts.clamp_min(1)).sum() / len(chunks)
             acc.backward(acc.num_processes * surrogate)
         totals.append(float(total.detach()))
+        mean_losses, counted = mean_losses + g_sums.detach().double(), counted + g_counts.detach().double()
     if cfg.grad_clip:
         acc.clip_grad_norm_(trainable, cfg.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(np.mean(totals))
+    names = getattr(task, "names", None) or [str(k) for k in range(len(counted))]
+    metrics = {"loss": float(np.mean(totals))}
+    present = (counted > 0).tolist()  # an objective with no pair or group in this step reports nothing
+    means = (mean_losses / counted.clamp_min(1)).tolist()
+    metrics |= {f"loss/{n}": v for n, v, here in zip(names, means, present) if here}
+    tally = getattr(task, "tally", {}).pop(step, None)  # {name: (K,) sums over this process's pairs}
+    if tally:
+        for key, sums in tally.items():
+            values = (acc.reduce(sums.to(acc.device, torch.float64), "sum").cpu() / counted.cpu().clamp_min(1)).tolist()
+            metrics |= {f"{key}/{n}": v for n, v, here in zip(names, values, present) if here}
+    if hasattr(task, "weights"):
+        metrics["w"] = [round(float(x), 6) for x in task.weights(step)]
+    return metrics

@@ -281,7 +281,7 @@ def train_base(
     cfg = cfg or BaseConfig()
     out = Path(out)
     prepare_out(out, resume, overwrite, "config.json")
-    acc = accelerator or make_accelerator()
+    acc = accelerator or make_accelerator(cfg.report_to, out)
     width = dataset_width(data)
     schema = make_schema(width, cfg.exclude, max_label=cfg.max_label).with_objectives([])
     train_set = RankingSet.load(data, "train", schema, cfg.split_seed).check_learnable(data, "main")
@@ -326,7 +326,7 @@ def finetune(
     """
     out = Path(out)
     prepare_out(out, resume, overwrite, "config.json")
-    acc = accelerator or make_accelerator()
+    acc = accelerator or make_accelerator(cfg.report_to, out)
     base = load_ranker(base_dir)
     if not isinstance(base, BaseRanker):
         raise ValueError(f"{base_dir} is not a base ranker (it is a {base.kind} model)")

@@ -26,6 +26,10 @@ def letor(lines: int = 40, labels=None, extra: str = "", end: str = "\n") -> str
     return text[:-1] + end if end != "\n" else text
 
 
+def finetune(data, base):
+    return ["ltr", "finetune", "--data", data, "--base", base, "--objectives", "quality1,quality2", "--out"]
+
+
 def cli(args, code=2):
     res = runner.invoke(app, [str(a) for a in args])
     assert res.exit_code == code, res.output
@@ -77,15 +81,7 @@ TRAIN_OPTIONS = [
 def test_ltr_finetune_options(folders, tiny_fold, tiny_base, extra, message):
     out = cli(
         [
-            "ltr",
-            "finetune",
-            "--data",
-            tiny_fold,
-            "--base",
-            tiny_base,
-            "--objectives",
-            "quality1,quality2",
-            "--out",
+            *finetune(tiny_fold, tiny_base),
             folders / "never",
             *extra,
             *SMALL,
@@ -156,15 +152,7 @@ def test_a_diverging_run_stops_and_saves_nothing(tiny_fold, tiny_base, tmp_path)
     line, and no model (nor any JSON holding NaN) is written."""
     out = cli(
         [
-            "ltr",
-            "finetune",
-            "--data",
-            tiny_fold,
-            "--base",
-            tiny_base,
-            "--objectives",
-            "quality1,quality2",
-            "--out",
+            *finetune(tiny_fold, tiny_base),
             tmp_path / "m",
             "--lr",
             "1e30",

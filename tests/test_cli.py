@@ -99,6 +99,9 @@ def test_cli_pipeline_on_synthetic_data(tmp_path):
     assert front["reference_point"] == [0.1, 0.1, 0.1]
 
 
+FINETUNE = ["ltr", "finetune", "--data", "{bad}", "--base", "{tmp}", "--objectives", "quality1", "--out", "{tmp}/f"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -107,16 +110,7 @@ def test_cli_pipeline_on_synthetic_data(tmp_path):
         (["ltr", "front", "--model", "{tmp}", "--data", "{bad}", "--out", "{tmp}/o"], "not a model folder"),
         (
             [
-                "ltr",
-                "finetune",
-                "--data",
-                "{bad}",
-                "--base",
-                "{tmp}",
-                "--objectives",
-                "quality1",
-                "--out",
-                "{tmp}/f",
+                *FINETUNE,
                 "--beta",
                 "-1",
             ],
@@ -124,16 +118,7 @@ def test_cli_pipeline_on_synthetic_data(tmp_path):
         ),
         (
             [
-                "ltr",
-                "finetune",
-                "--data",
-                "{bad}",
-                "--base",
-                "{tmp}",
-                "--objectives",
-                "quality1",
-                "--out",
-                "{tmp}/f",
+                *FINETUNE,
                 "--grades",
                 "quality1",
             ],
@@ -141,16 +126,7 @@ def test_cli_pipeline_on_synthetic_data(tmp_path):
         ),
         (
             [
-                "ltr",
-                "finetune",
-                "--data",
-                "{bad}",
-                "--base",
-                "{tmp}",
-                "--objectives",
-                "quality1",
-                "--out",
-                "{tmp}/f",
+                *FINETUNE,
                 "--lr-schedule",
                 "linear",
             ],

@@ -359,10 +359,31 @@ def test_pku_gpt2_recipe_on_a_tiny_gpt2(tmp_path):
     assert json.loads((tmp_path / "p" / "adapter_config.json").read_text())["target_modules"] == ["c_attn"]
     ok(["llm", "front", "--model", tmp_path / "p", "--out", tmp_path / "f", "--grid", "2", "--no-progress"])
     assert json.loads((tmp_path / "f" / "front.json").read_text())["objectives"] == ["helpful", "harmless"]
-    ok(["llm", "generate", "--model", tmp_path / "p", "--weights", "0.5,0.5", "--max-new-tokens", "3", "hello"])
+    ok(
+        [
+            "llm",
+            "generate",
+            "--model",
+            tmp_path / "p",
+            "--weights",
+            "0.5,0.5",
+            "--beta-prime",
+            "0.05",
+            "--max-new-tokens",
+            "3",
+            "hello",
+        ]
+    )
+    from cosdpo.generation import generate
     from cosdpo.models.llm import load_policy
 
-    _, tokenizer, _ = load_policy(tmp_path / "p")
+    policy, tokenizer, info = load_policy(tmp_path / "p")
+    # beta' -> infinity is the base model: the reloaded GPT-2 policy answers as its base does
+    far, base = (
+        generate(policy, tokenizer, ["hello"], [0.5, 0.5], beta=info["beta"], max_new_tokens=4, **kw)
+        for kw in ({"beta_prime": 1e12}, {"reference": True})
+    )
+    assert far == base
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
     )

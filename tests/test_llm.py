@@ -222,7 +222,8 @@ def test_a_front_shares_the_training_reference_cache(tiny_llm, tiny_pairs, tmp_p
         name: load_split(tiny_pairs, tok, cfg, None, split)[0]
         for name, split in (("train", "train"), ("vali", "held-out"))
     }
-    llm.reference_logprobs(policy, sets, cfg, cache, progress=False)
+    steps = llm.reference_batches(sets["train"], np.arange(len(sets["train"])), cfg)  # what the 2 steps scored
+    llm.reference_logprobs(policy, sets, cfg, cache, progress=False, batches={"train": steps})
     assert scored == []
 
 
@@ -464,13 +465,15 @@ def test_bf16_policy_keeps_its_precision_and_its_own_reference(tiny_llm, tiny_pa
     scored = []
     real = llm.sequence_scores
     monkeypatch.setattr(llm, "sequence_scores", lambda *a, **kw: scored.append(kw.get("desc")) or real(*a, **kw))
-    llm.reference_logprobs(loaded, sets, cfg, cache, progress=False)
+    steps = {"train": llm.reference_batches(sets["train"], np.arange(len(sets["train"])), cfg)}  # the run's
+    llm.reference_logprobs(loaded, sets, cfg, cache, progress=False, batches=steps)
     assert scored == []
     bf16_ref = sets["train"].ref.copy()
-    llm.reference_logprobs(loaded.set_compute("fp32"), sets, cfg, cache, progress=False)
+    llm.reference_logprobs(loaded.set_compute("fp32"), sets, cfg, cache, progress=False, batches=steps)
     assert scored == ["reference log-probs (train)"]
-    assert not np.array_equal(sets["train"].ref, bf16_ref)
-    np.testing.assert_allclose(sets["train"].ref, bf16_ref, rtol=0.02)
+    done = ~np.isnan(bf16_ref)  # the two steps' sequences
+    assert done.any() and not np.array_equal(sets["train"].ref[done], bf16_ref[done])
+    np.testing.assert_allclose(sets["train"].ref[done], bf16_ref[done], rtol=0.02)
     # a front in float32 of the bf16 policy: its margins near the bf16 front's, not equal
     f16 = llm.write_front(tmp_path / "p", None, tmp_path / "f16", grid=3, progress=False, precision=None)
     f32 = llm.write_front(tmp_path / "p", None, tmp_path / "f32", grid=3, progress=False)
@@ -495,3 +498,36 @@ def test_compare_with_a_mixed_lora_trains_plain_baselines(tiny_llm, tiny_pairs, 
     }
     assert hpt == {"wcos": True, "ls": False}
     assert result["methods"]["ls"]["models_trained"] == 2
+
+
+def test_a_short_run_scores_only_the_pairs_its_steps_reach(tiny_llm, tiny_pairs, tmp_path):
+    """The reference pass covers the sequences the planned steps use; a resumed, longer run scores the
+    rest, and every value equals, to the bit, what an uninterrupted long run computed."""
+    from dataclasses import replace
+
+    from safetensors import safe_open
+
+    import cosdpo.training.llm as llm
+
+    cfg = cfg_for(tiny_llm, max_steps=2, batch_size=4)
+    long = replace(cfg, max_steps=10)  # still within the first epoch (15 steps of 4 pairs)
+    logs = []
+    finetune_llm(tiny_pairs, tmp_path / "short", cfg, log=logs.append)
+    finetune_llm(tiny_pairs, tmp_path / "long", long, log=quiet)
+
+    def cached(run):
+        with safe_open(str(tmp_path / run / llm.REFERENCE_FILE), "pt") as f:
+            return f.get_tensor("train").numpy()
+
+    _, tok = load_base(str(tiny_llm))
+    full = load_split(tiny_pairs, tok, cfg, None, "train")[0]
+    steps = llm.reference_batches(full, np.arange(len(full)), cfg)
+    assert len(steps) == 2  # one forward per planned step
+    seqs = np.concatenate(steps)
+    short, whole = cached("short"), cached("long")
+    assert not np.isnan(short[seqs]).any() and np.isnan(short).sum() == len(short) - len(seqs) > len(short) / 2
+    assert any(f"the planned steps use {len(seqs)} of the {len(full.sequences)} training" in line for line in logs)
+    np.testing.assert_array_equal(short[seqs], whole[seqs])
+    finetune_llm(tiny_pairs, tmp_path / "short", long, resume=True, log=quiet)
+    np.testing.assert_array_equal(cached("short"), whole)  # NaN where neither run needed a reference
+    assert llm.reference_batches(full, np.arange(len(full)), replace(cfg, max_steps=15)) is None  # a whole epoch

@@ -51,7 +51,8 @@ def _finetune(given, values):
         log=typer.echo,
     )
     typer.echo(
-        f"policy in {given['out']}: {m['steps']} steps, {m['train_seconds']:.1f} s, "
+        f"policy in {given['out']}: {m['steps']} steps, {m['train_seconds']:.1f} s ({m['seconds_per_step']:.2f} s a "
+        f"step, after a {m['reference_seconds']:.1f} s reference pass), "
         f"{m['trainable_params']:,} trainable parameters, validation {m['best_val']:.4f}"
     )
 

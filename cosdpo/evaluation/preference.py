@@ -35,11 +35,17 @@ def sequence_scores(
     max_tokens: int = 4096,
     progress: bool = False,
     desc: str = "scoring",
+    batches=None,
 ) -> np.ndarray:
-    """log pi(y | x) of every sequence of ``data`` under ``w`` (or under the reference)."""
+    """log pi(y | x) of every sequence of ``data`` under ``w`` (or under the reference).
+
+    ``batches``: lists of sequence ids to score, one forward each (default: every sequence, in length
+    order within ``max_tokens``); the sequences in none of them stay NaN.
+    """
     device = next(policy.parameters()).device
-    out = np.zeros(len(data.sequences), dtype=np.float64)
-    for ids in tqdm(data.sequence_batches(max_tokens), desc=desc, disable=not progress, leave=False):
+    out = np.full(len(data.sequences), np.nan if batches is not None else 0.0, dtype=np.float64)
+    batches = data.sequence_batches(max_tokens) if batches is None else [list(map(int, b)) for b in batches]
+    for ids in tqdm(batches, desc=desc, disable=not progress, leave=False):
         b = data.pad(ids, device)
         keep = response_window(b["response_mask"])
         logits = (

@@ -17,6 +17,7 @@ dataset and kept in ``reference_logprobs.safetensors`` in the output folder
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,41 +272,80 @@ def _fingerprint(model_name: str, policy: HPTModel, data: PreferenceSet) -> str:
 
 
 def reference_logprobs(
-    policy, sets: dict[str, PreferenceSet], cfg: LLMConfig, path: Path | None, progress: bool = True
-):
-    """Fill each set's ``ref``, reading from ``path`` every set made from the same model and sequences
-    (a run that changes only the validation pairs recomputes only those).
+    policy,
+    sets: dict[str, PreferenceSet],
+    cfg: LLMConfig,
+    path: Path | None,
+    progress: bool = True,
+    batches: dict | None = None,
+) -> int:
+    """Fill each set's ``ref``, reading from ``path`` what a set made from the same model and sequences
+    already has, and return how many sequences were scored.
 
-    The file is shared by name: sets it holds under other names (training's
-    ``train``, a front's ``front``) are kept when it is written again, so a
-    front read after training does not cost training its cache.
+    ``batches``: per set name, the forwards (lists of sequence ids) that hold what the caller will use
+    (default: all of the set's sequences); a forward is run when any of its sequences is still missing,
+    and the others stay NaN until a later call needs them. The file is shared by name: sets it holds
+    under other names (training's ``train``, a front's ``front``) are kept when it is written again, so
+    a front read after training does not cost training its cache.
     """
+    batches = batches or {}
     prints = {name: _fingerprint(cfg.model, policy, s) for name, s in sets.items()}
-    todo, kept, kept_prints = dict(sets), {}, {}
+    stored, kept, kept_prints = {}, {}, {}
     if path is not None and path.is_file():
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
             for name in f.keys():
                 if name in sets and meta.get(name) == prints[name]:
-                    sets[name].ref = f.get_tensor(name).double().numpy()
-                    del todo[name]
+                    stored[name] = f.get_tensor(name).double().numpy()
                 elif name not in sets and name in meta:
                     kept[name], kept_prints[name] = f.get_tensor(name), meta[name]
-    if not todo:
-        return
-    for name, s in todo.items():
-        s.ref = sequence_scores(
-            policy,
-            s,
-            reference=True,
-            max_tokens=cfg.max_tokens,
-            progress=progress,
-            desc=f"reference log-probs ({name})",
-        )
-    if path is not None:
+    scored = 0
+    for name, s in sets.items():
+        ref = stored.get(name, np.full(len(s.sequences), np.nan))
+        todo = batches.get(name)
+        if todo is None:
+            todo = s.sequence_batches(cfg.max_tokens)
+        todo = [b for b in todo if len(b) and np.isnan(ref[np.asarray(b, dtype=np.int64)]).any()]
+        if todo:
+            fresh = sequence_scores(
+                policy,
+                s,
+                reference=True,
+                max_tokens=cfg.max_tokens,
+                progress=progress,
+                desc=f"reference log-probs ({name})",
+                batches=todo,
+            )
+            done = ~np.isnan(fresh)
+            ref[done], scored = fresh[done], scored + int(done.sum())
+        s.ref = ref
+    if path is not None and scored:
         tensors = kept | {name: torch.from_numpy(s.ref) for name, s in sets.items()}
         with atomic_file(path) as f:
             f.write(safetensors_bytes(tensors, metadata=kept_prints | prints))
+    return scored
+
+
+def reference_batches(data: PreferenceSet, records: np.ndarray, cfg: LLMConfig) -> list[np.ndarray] | None:
+    """The reference forwards a run over ``records`` of ``data`` needs (None: every sequence of ``data``).
+
+    A run shorter than an epoch needs one forward per planned step, holding the sequences that step is
+    the first to use; a sequence is always scored beside the same others, so a short run, its resumed
+    continuation within the epoch and an uninterrupted run get the very same values. A run of an epoch
+    or more scores every sequence, in length-sorted forwards (the least padding).
+    """
+    used = np.unique(np.concatenate([data.chosen[records], data.rejected[records]]))  # as ``subset`` numbers them
+    run = data.subset(records)
+    steps = run.epoch_batches(cfg.batch_size, cfg.seed, 0)
+    if not cfg.max_steps or cfg.max_steps >= len(steps):
+        return None
+    seen, out = np.zeros(len(run.sequences), dtype=bool), []
+    for step in steps[: cfg.max_steps]:
+        seqs = np.unique(np.concatenate([run.chosen[step], run.rejected[step]]))
+        seqs = seqs[~seen[seqs]]
+        seen[seqs] = True
+        out.append(used[seqs])
+    return out
 
 
 def pair_weights(seed: int, step: int, alpha: float, k: int, records, objectives) -> torch.Tensor:
@@ -451,20 +491,30 @@ def finetune_llm(
     set_seed(cfg.seed)
     policy = build_policy(model, cfg, len(objectives)).to(acc.device)
     reference_file = Path(reference_file) if reference_file else out / REFERENCE_FILE
-    if cfg.cache_reference:
-        reference_logprobs(
-            policy,
-            {"train": train_set, "vali": vali},
-            cfg,
-            reference_file if acc.is_main_process else None,
-            cfg.progress,
-        )
-    else:
-        reference_logprobs(policy, {"vali": vali}, cfg, None, cfg.progress)
-    if cfg.fixed_weights is not None:  # after the reference: one cache serves every w
-        train_set = train_set.subset(np.flatnonzero(np.asarray(cfg.fixed_weights)[train_set.objective] > 0))
+    # one w: the pairs of objectives it weights by 0 leave training (the reference cache still serves every w)
+    keep = np.arange(len(train_set))
+    if cfg.fixed_weights is not None:
+        keep = np.flatnonzero(np.asarray(cfg.fixed_weights)[train_set.objective] > 0)
+    needed = reference_batches(train_set, keep, cfg)
+    t0 = time.perf_counter()
+    scored = reference_logprobs(
+        policy,
+        {"train": train_set, "vali": vali} if cfg.cache_reference else {"vali": vali},
+        cfg,
+        reference_file if acc.is_main_process and cfg.cache_reference else None,
+        cfg.progress,
+        batches={"train": needed},
+    )
+    reference_seconds = time.perf_counter() - t0
+    train_set = train_set.subset(keep) if cfg.fixed_weights is not None else train_set
     if acc.is_main_process:
         log(report.summary())
+        if cfg.cache_reference:
+            reached = len(train_set.sequences) if needed is None else sum(len(b) for b in needed)
+            log(
+                f"reference log-probs: {scored} sequences scored in {reference_seconds:.1f} s (once; the rest read "
+                f"from the cache); the planned steps use {reached} of the {len(train_set.sequences)} training sequences"
+            )
         log(
             f"training pairs {train_set.counts()}, validation pairs {vali.counts()}; forwards in {policy.precision}"
             f"{' (auto)' if cfg.precision == 'auto' else ''}, {policy.attention} attention"
@@ -483,6 +533,8 @@ def finetune_llm(
     metrics = {
         "train_seconds": round(state.seconds, 3),
         "steps": state.global_step,
+        "seconds_per_step": round(state.seconds / max(state.global_step, 1), 4),
+        "reference_seconds": round(reference_seconds, 3),  # this process's pass (a resumed run's: the rest)
         "epochs_run": state.epoch,
         "best_val": state.best,
         "trainable_params": count_trainable(policy),

@@ -4,7 +4,7 @@ Both models train on the same query split (train / vali for early stopping)
 and are scored by the same NDCG@10 on the test split; repeated over several
 split seeds because a small sample gives noisy single splits.
 
-    python benchmarks/base_vs_lightgbm.py [--data ../shared/data/mslr-sample/train.txt] [--seeds 5] [--quick]
+    python benchmarks/base_vs_lightgbm.py [--data LETOR_FILE] [--seeds 5] [--quick]
 """
 
 from __future__ import annotations

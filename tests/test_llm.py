@@ -15,6 +15,7 @@ from cosdpo.evaluation.preference import preference_front, preference_points, se
 from cosdpo.losses import dpo, sequence_logprobs  # noqa: E402
 from cosdpo.models.hpt import HPTModel  # noqa: E402
 from cosdpo.models.llm import add_lora, load_base, load_policy  # noqa: E402
+from cosdpo.training import reference  # noqa: E402
 from cosdpo.training.llm import LLMConfig, PreferenceTask, build_policy, finetune_llm, load_split  # noqa: E402
 
 # the paper's one-w-per-step, shared-LoRA setting: the oracles below are written for it (the defaults,
@@ -171,8 +172,8 @@ def test_reference_cache_recomputes_only_changed_sets(tiny_llm, tiny_pairs, tmp_
     llm.reference_logprobs(policy, {"train": train, "vali": held}, cfg, path, progress=False)
     expect_train = train.ref.copy()
     scored = []
-    real = llm.sequence_scores
-    monkeypatch.setattr(llm, "sequence_scores", lambda p, s, **kw: scored.append(kw["desc"]) or real(p, s, **kw))
+    real = reference.sequence_scores
+    monkeypatch.setattr(reference, "sequence_scores", lambda p, s, **kw: scored.append(kw["desc"]) or real(p, s, **kw))
 
     def copy(data, n):  # the same records, ref cleared (subset carries it over)
         out = data.subset(np.arange(n))
@@ -198,11 +199,12 @@ def test_a_front_shares_the_training_reference_cache(tiny_llm, tiny_pairs, tmp_p
     cache = tmp_path / "p" / llm.REFERENCE_FILE
     scored = []
     real = llm.sequence_scores
-    monkeypatch.setattr(
-        llm,
-        "sequence_scores",
-        lambda *a, **kw: scored.append(kw.get("desc") if kw.get("reference") else "w") or real(*a, **kw),
-    )
+    for module in (llm, reference):  # the policy is scored in llm, the reference in reference
+        monkeypatch.setattr(
+            module,
+            "sequence_scores",
+            lambda *a, **kw: scored.append(kw.get("desc") if kw.get("reference") else "w") or real(*a, **kw),
+        )
     first = llm.write_front(
         tmp_path / "p", None, tmp_path / "f1", grid=3, policy=policy, progress=False, reference_file=cache
     )
@@ -463,8 +465,8 @@ def test_bf16_policy_keeps_its_precision_and_its_own_reference(tiny_llm, tiny_pa
     sets = {"train": load_split(tiny_pairs, tok, cfg, None, "train")[0]}
     cache = tmp_path / "p" / llm.REFERENCE_FILE
     scored = []
-    real = llm.sequence_scores
-    monkeypatch.setattr(llm, "sequence_scores", lambda *a, **kw: scored.append(kw.get("desc")) or real(*a, **kw))
+    real = reference.sequence_scores
+    monkeypatch.setattr(reference, "sequence_scores", lambda *a, **kw: scored.append(kw.get("desc")) or real(*a, **kw))
     steps = {"train": llm.reference_batches(sets["train"], np.arange(len(sets["train"])), cfg)}  # the run's
     llm.reference_logprobs(loaded, sets, cfg, cache, progress=False, batches=steps)
     assert scored == []

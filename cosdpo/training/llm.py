@@ -16,7 +16,6 @@ dataset and kept in ``reference_logprobs.safetensors`` in the output folder
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_bytes
 
-from ..atomic import atomic_file, write_json
+from ..atomic import write_json
 from ..config import from_dict, option, redefault, to_dict
 from ..data.preferences import load_many, split_pairs
 from ..data.tokenize import PROMPT_TEMPLATE_CHOICES, PreferenceSet, use_prompt_template
@@ -49,10 +46,10 @@ from ..models.llm import (
 from ..models.ranker import count_trainable
 from ..simplex import check_simplex, draw_weights, weight_grid
 from .loop import TrainConfig, finish_run, job_settings, make_accelerator, prepare_out, start_run, train
+from .reference import REFERENCE_FILE, reference_batches, reference_logprobs
 
 LLM_METHODS = ("wcos", "ls")
 WEIGHT_SAMPLING = ("step", "pair")
-REFERENCE_FILE = "reference_logprobs.safetensors"
 
 
 @dataclass
@@ -259,93 +256,6 @@ def build_policy(base, cfg: LLMConfig, n_objectives: int) -> HPTModel:
         mask=cfg.prompt_mask,
         lora_mix=cfg.lora_mix,
     ).set_compute(cfg.precision, cfg.attention)
-
-
-def _fingerprint(model_name: str, policy: HPTModel, data: PreferenceSet) -> str:
-    """Model, token ids and, under bf16, how the forwards ran: bf16 log-probs differ from float32 ones by
-    more than a DPO margin can ignore, and so do two attention kernels in bf16 (in float32 they agree)."""
-    compute = "" if policy.precision == "fp32" else f"|{policy.precision}|{policy.attention}"
-    h = hashlib.sha256((model_name + compute).encode())
-    for p, r in data.sequences:
-        h.update(np.asarray(p + [-1] + r + [-2], dtype=np.int64).tobytes())
-    return h.hexdigest()
-
-
-def reference_logprobs(
-    policy,
-    sets: dict[str, PreferenceSet],
-    cfg: LLMConfig,
-    path: Path | None,
-    progress: bool = True,
-    batches: dict | None = None,
-) -> int:
-    """Fill each set's ``ref``, reading from ``path`` what a set made from the same model and sequences
-    already has, and return how many sequences were scored.
-
-    ``batches``: per set name, the forwards (lists of sequence ids) that hold what the caller will use
-    (default: all of the set's sequences); a forward is run when any of its sequences is still missing,
-    and the others stay NaN until a later call needs them. The file is shared by name: sets it holds
-    under other names (training's ``train``, a front's ``front``) are kept when it is written again, so
-    a front read after training does not cost training its cache.
-    """
-    batches = batches or {}
-    prints = {name: _fingerprint(cfg.model, policy, s) for name, s in sets.items()}
-    stored, kept, kept_prints = {}, {}, {}
-    if path is not None and path.is_file():
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            for name in f.keys():
-                if name in sets and meta.get(name) == prints[name]:
-                    stored[name] = f.get_tensor(name).double().numpy()
-                elif name not in sets and name in meta:
-                    kept[name], kept_prints[name] = f.get_tensor(name), meta[name]
-    scored = 0
-    for name, s in sets.items():
-        ref = stored.get(name, np.full(len(s.sequences), np.nan))
-        todo = batches.get(name)
-        if todo is None:
-            todo = s.sequence_batches(cfg.max_tokens)
-        todo = [b for b in todo if len(b) and np.isnan(ref[np.asarray(b, dtype=np.int64)]).any()]
-        if todo:
-            fresh = sequence_scores(
-                policy,
-                s,
-                reference=True,
-                max_tokens=cfg.max_tokens,
-                progress=progress,
-                desc=f"reference log-probs ({name})",
-                batches=todo,
-            )
-            done = ~np.isnan(fresh)
-            ref[done], scored = fresh[done], scored + int(done.sum())
-        s.ref = ref
-    if path is not None and scored:
-        tensors = kept | {name: torch.from_numpy(s.ref) for name, s in sets.items()}
-        with atomic_file(path) as f:
-            f.write(safetensors_bytes(tensors, metadata=kept_prints | prints))
-    return scored
-
-
-def reference_batches(data: PreferenceSet, records: np.ndarray, cfg: LLMConfig) -> list[np.ndarray] | None:
-    """The reference forwards a run over ``records`` of ``data`` needs (None: every sequence of ``data``).
-
-    A run shorter than an epoch needs one forward per planned step, holding the sequences that step is
-    the first to use; a sequence is always scored beside the same others, so a short run, its resumed
-    continuation within the epoch and an uninterrupted run get the very same values. A run of an epoch
-    or more scores every sequence, in length-sorted forwards (the least padding).
-    """
-    used = np.unique(np.concatenate([data.chosen[records], data.rejected[records]]))  # as ``subset`` numbers them
-    run = data.subset(records)
-    steps = run.epoch_batches(cfg.batch_size, cfg.seed, 0)
-    if not cfg.max_steps or cfg.max_steps >= len(steps):
-        return None
-    seen, out = np.zeros(len(run.sequences), dtype=bool), []
-    for step in steps[: cfg.max_steps]:
-        seqs = np.unique(np.concatenate([run.chosen[step], run.rejected[step]]))
-        seqs = seqs[~seen[seqs]]
-        seen[seqs] = True
-        out.append(used[seqs])
-    return out
 
 
 def pair_weights(seed: int, step: int, alpha: float, k: int, records, objectives) -> torch.Tensor:

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 RUN_FILE = "run.yaml"
-PANELS = ("Data and output", "Method", "Model", "Training", "Evaluation", "Runtime", "Experimental")
+PANELS = ("Data and output", "Method", "Model", "Training", "Evaluation", "Runtime", "Serving", "Experimental")
 
 
 def option(

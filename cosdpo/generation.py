@@ -22,6 +22,7 @@ beta' = beta.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 
@@ -59,6 +60,38 @@ def _pick(logits, do_sample: bool, temperature: float, top_p: float, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """One row's decoding options, when the rows of a batch each have their own (a server's requests)."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        check_decoding(self.max_new_tokens, self.do_sample, self.temperature, self.top_p)
+
+
+class _RowSampler:
+    """Each row greedy or sampled from its own seeded generator, so that a request's answer does not
+    depend on the requests it shares a batch with."""
+
+    def __init__(self, rows: list[Decoding], device):
+        self.rows = rows
+        self.generators = [torch.Generator(device=device).manual_seed(r.seed) for r in rows]
+        self.limits = torch.tensor([r.max_new_tokens for r in rows], device=device)
+
+    def __call__(self, logits):
+        return torch.stack(
+            [
+                _pick(logits[i], r.do_sample, r.temperature, r.top_p, g)
+                for i, (r, g) in enumerate(zip(self.rows, self.generators))
+            ]
+        )
+
+
 @torch.no_grad()
 def generate_ids(
     policy,
@@ -66,7 +99,7 @@ def generate_ids(
     attention_mask,
     w,
     *,
-    ratio: float = 1.0,
+    ratio=1.0,
     max_new_tokens: int = 64,
     do_sample: bool = False,
     temperature: float = 1.0,
@@ -74,50 +107,67 @@ def generate_ids(
     seed: int = 0,
     eos_token_id: int | None = None,
     pad_token_id: int = 0,
+    rows: list[Decoding] | None = None,
+    on_step=None,
 ) -> torch.Tensor:
-    """New token ids (B, <= max_new_tokens) for LEFT-padded prompts, under trade-off ``w``.
+    """New token ids (B, <= max_new_tokens) for LEFT-padded prompts, under trade-off ``w`` ((K,) or (B, K)).
 
-    ``ratio`` = beta / beta'; 1 serves the policy as trained, 0 serves the base alone.
+    ``ratio`` = beta / beta' (a number, or one per row); 1 serves the policy as
+    trained, 0 serves the base alone. ``rows`` gives each row its own
+    decoding options (then the ones above are ignored); ``on_step(tokens)`` sees
+    each step's (B,) new tokens as they come (streaming).
     """
     lm, B = policy.model, input_ids.shape[0]
-    embeds, mask, rows = policy._inputs(input_ids, attention_mask, w)
+    device = input_ids.device
+    embeds, mask, w_rows = policy._inputs(input_ids, attention_mask, w)
+    ratio = torch.as_tensor(ratio, dtype=torch.float32, device=device).expand(B)
+    policy_only, base_only = bool((ratio == 1).all()), bool((ratio == 0).all())
+    mix = not (policy_only or base_only)
     base_mask = mask.clone()
     base_mask[:, : policy.cfg.n_tokens] = 0  # the base rows do not see the prefix
-    mix = ratio not in (0.0, 1.0)  # 0: the base alone, 1: the policy alone
     kwargs = {}
     if mix:
         embeds, mask = torch.cat([embeds, embeds]), torch.cat([mask, base_mask])
-        rows = torch.cat([rows, torch.zeros_like(rows)])
-    elif ratio == 0.0:
-        mask, rows = base_mask, torch.zeros_like(rows)
+        w_rows = torch.cat([w_rows, torch.zeros_like(w_rows)])
+    elif base_only:
+        mask, w_rows = base_mask, torch.zeros_like(w_rows)
     # a w-mixed LoRA adds nothing to a row whose w is 0, so its base rows need no adapter switch
-    if hasattr(lm, "peft_config") and ratio != 1.0 and policy.lora_mix is None:
+    if hasattr(lm, "peft_config") and not policy_only and policy.lora_mix is None:
         kwargs["adapter_names"] = ([lm.active_adapter] * B if mix else []) + [BASE_ADAPTER] * B
-    generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+    if rows is None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+        pick, limits = (lambda z: _pick(z, do_sample, temperature, top_p, generator)), None
+    else:
+        pick = _RowSampler(rows, device)
+        limits, max_new_tokens = pick.limits, max(r.max_new_tokens for r in rows)
     # the KV cache's name: ``cache`` in current transformers, ``past_key_values`` (now deprecated) before
     cache_name = "cache" if "cache" in inspect.signature(policy._transformer.forward).parameters else "past_key_values"
     pos = positions(mask)
-    with policy.autocast(input_ids.device), policy.lora_weights(rows):  # precision: HPTModel.set_compute
+    with policy.autocast(device), policy.lora_weights(w_rows):  # precision: HPTModel.set_compute
         out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
-    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
     new = []
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         z = out.logits[:, -1].float()
         if mix:
-            z = z[B:] + ratio * (z[:B] - z[B:])
-        token = _pick(z, do_sample, temperature, top_p, generator)
+            z = z[B:] + ratio[:, None] * (z[:B] - z[B:])
+        token = pick(z)
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         new.append(token)
+        if on_step is not None:
+            on_step(torch.where(done, -1, token))
         if eos_token_id is not None:
             done |= token == eos_token_id
-        if bool(done.all()):
+        if limits is not None:
+            done |= limits <= step + 1
+        if bool(done.all()) or step + 1 == max_new_tokens:
             break
-        step = torch.cat([token, token]) if mix else token
+        token_in = torch.cat([token, token]) if mix else token
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         pos = pos[:, -1:] + 1
-        with policy.autocast(input_ids.device), policy.lora_weights(rows):
+        with policy.autocast(device), policy.lora_weights(w_rows):
             out = lm(
-                input_ids=step[:, None],
+                input_ids=token_in[:, None],
                 attention_mask=mask,
                 position_ids=pos,
                 **{cache_name: getattr(out, cache_name)},

@@ -1,7 +1,7 @@
 """The ``cosdpo`` command: a thin layer over the Python API.
 
-``data`` and ``ltr`` (ranking), ``llm`` (alignment), ``recipes`` and the
-demo; each training command's options are generated from its config
+``data`` and ``ltr`` (ranking), ``llm`` (alignment), ``serve``, ``recipes``
+and the demo; each training command's options are generated from its config
 dataclass (``options.py``).
 """
 
@@ -13,6 +13,7 @@ from .common import friendly
 from .data import data_app
 from .llm import llm_app
 from .ltr import demo, ltr_app
+from .serve import register as register_serve
 
 app = typer.Typer(
     help="Conditioned one-shot multi-objective fine-tuning (COS-DPO).",
@@ -24,6 +25,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(ltr_app, name="ltr")
 app.add_typer(llm_app, name="llm")
 app.command("demo")(demo)
+register_serve(app)
 
 
 @app.command("recipes")

@@ -15,6 +15,10 @@ from .options import OUT, OVERWRITE, RESUME, Input, config_command
 
 ltr_app = typer.Typer(help="Learning to rank: base ranker, Weight-COS-DPO fine-tuning, fronts.", no_args_is_help=True)
 
+BETA_PRIME_HELP = (
+    "Serving temperature beta' (default: the training beta); larger stays closer to the base. "
+    "tcos: one per objective, e.g. 0.5,2."
+)
 DATA = Input("data", "A Fold directory (train.txt, vali.txt, test.txt) or one LETOR file (split 60/20/20 by query).")
 BASE = Input("base", "Folder of the base ranker (from train-base).")
 
@@ -101,25 +105,23 @@ def ltr_front(
     k: int = typer.Option(10, help="NDCG cut-off."),
     reference: Optional[str] = typer.Option(None, help="Hypervolume reference point, e.g. 0.5,0.5 (default: origin)."),
     empty: str = typer.Option("skip", help="Groups without a relevant item: skip, zero or one."),
-    beta_prime: Optional[str] = typer.Option(
-        None,
-        "--beta-prime",
-        help="Serving temperature beta' (default: the training beta); larger "
-        "stays closer to the base. tcos: one per objective, e.g. 0.5,2.",
-    ),
+    beta_prime: Optional[str] = typer.Option(None, "--beta-prime", help=BETA_PRIME_HELP),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the 60/20/20 query split of a single file."),
 ):
     """Measure the Pareto front on a split: writes front.json and front.png."""
     from ..evaluation.front import front_job
 
-    temperature = floats(beta_prime, "--beta-prime")
-    if temperature is not None and len(temperature) == 1:
-        temperature = temperature[0]
+    temperature = _temperature(beta_prime)
     front = front_job(
         model, data, out, split, grid, grid_kind, k, floats(reference, "--reference"), empty, split_seed, temperature
     )
     print_front(front)
     typer.echo(f"wrote {out / 'front.json'} and {out / 'front.png'}")
+
+
+def _temperature(text: Optional[str]):
+    t = floats(text, "--beta-prime")
+    return t[0] if t is not None and len(t) == 1 else t
 
 
 def print_front(front: dict):
@@ -164,3 +166,44 @@ def demo(
     typer.echo(f"total {r['total_seconds']:.1f} s; files:")
     for name, p in r["paths"].items():
         typer.echo(f"  {name:11} {p}")
+
+
+@ltr_app.command("predict")
+@friendly
+def ltr_predict(
+    model: Path = typer.Option(..., help="A ranker folder, or an .onnx file from ltr export."),
+    data: Path = typer.Option(..., "--data", help="A LETOR file (labels are read and ignored)."),
+    out: Path = typer.Option(..., "--out", help="Scores file: one score per line, in the input's row order."),
+    weights: Optional[str] = typer.Option(None, help="The trade-off w, e.g. 0.3,0.7 (conditioned rankers)."),
+    beta: Optional[str] = typer.Option(None, "--beta-prime", "--beta", help=BETA_PRIME_HELP),
+    backend: str = typer.Option("torch", help="torch, or onnx (exported in memory; a .onnx --model is always onnx)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+):
+    """Score every row of a LETOR file under w, one score per line, as LightGBM and RankLib write them."""
+    from ..atomic import atomic_file
+    from ..serving import load_scorer, predict_file
+
+    scorer = load_scorer(model, backend)
+    scores = predict_file(scorer, data, floats(weights, "--weights"), _temperature(beta), progress=progress)
+    with atomic_file(out, "w") as f:
+        f.writelines(f"{s:.9g}\n" for s in scores)
+    typer.echo(f"wrote {len(scores)} scores to {out}")
+
+
+@ltr_app.command("export")
+@friendly
+def ltr_export(
+    model: Path = typer.Option(..., help="A ranker folder."),
+    out: Path = typer.Option(..., "--out", help="The file to write, e.g. ranker.onnx."),
+    format: str = typer.Option("onnx", "--format", help="onnx (the only format)."),
+):
+    """Write a ranker as ONNX with w and beta' as inputs, for ONNX Runtime or any ONNX server."""
+    from ..models.ranker import load_ranker
+    from ..serving import export_onnx
+
+    if format != "onnx":
+        raise ValueError(f"--format must be onnx, got {format!r}")
+    ranker = load_ranker(model)
+    export_onnx(ranker, out)
+    conditions = ", weights, beta" if hasattr(ranker, "base") else ""
+    typer.echo(f"wrote {out}: inputs features (batch, items, {len(ranker.schema.inputs)}), mask{conditions}")

@@ -35,6 +35,11 @@ class Input:
     recorded: bool = True  # written to run.yaml and read from config files (False: --out, --resume, ...)
     flag: bool = False  # a --name/--no-name switch
     default: object = None
+    argument: bool = False  # positional (``cosdpo serve MODEL_DIR``), not --name
+
+    @property
+    def shown(self) -> str:
+        return self.name.upper() if self.argument else "--" + self.name.replace("_", "-")
 
 
 RECIPE = Input("recipe", "Start from a named recipe (`cosdpo recipes` lists them).", required=False, recorded=False)
@@ -126,7 +131,10 @@ def _field_parameter(f: dataclasses.Field, hint, choices=None) -> inspect.Parame
 
 
 def _input_parameter(spec: Input) -> inspect.Parameter:
-    name = "--" + spec.name.replace("_", "-")
+    name = spec.shown
+    if spec.argument:
+        info = typer.Argument(..., help=spec.help, show_default=False)
+        return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=str)
     if spec.flag:
         info = typer.Option(bool(spec.default), name, help=spec.help, rich_help_panel="Data and output")
         return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=bool)

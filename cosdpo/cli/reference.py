@@ -40,7 +40,7 @@ def markdown() -> str:
         out.append("| option | default | what |\n|---|---|---|")
         for spec in inputs:
             out.append(
-                f"| `--{spec.name.replace('_', '-')}` | {'required' if spec.required else ''} | {_cell(spec.help)} |"
+                f"| `{spec.shown}` | {'required' if spec.required else spec.default or ''} | {_cell(spec.help)} |"
             )
         for panel in PANELS:
             for f, _, choices in shown:

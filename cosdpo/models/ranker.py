@@ -179,17 +179,21 @@ class ConditionedRanker(nn.Module):
             return self.base(x, mask)
 
     def check_beta(self, beta) -> torch.Tensor | None:
-        """Validate a serving temperature: a number (both methods) or a K-vector (tcos)."""
+        """Validate a serving temperature: a number (both methods) or a K-vector (tcos); as a
+        (1, n) row, or (B, n) when given one row per list (n = 1 or K)."""
         if beta is None:
             return None
-        b = torch.as_tensor(beta, dtype=torch.float32).flatten()
+        b = torch.as_tensor(beta, dtype=torch.float32)
+        b = b.reshape(1, -1) if b.dim() < 2 else b
+        if b.dim() != 2 or b.shape[1] == 0:
+            raise ValueError(f"temperatures must be a number, a vector or one row per list, not shape {tuple(b.shape)}")
         if not torch.all(torch.isfinite(b)) or torch.any(b <= 0):
             raise ValueError(f"temperatures must be finite and > 0, got {b.tolist()}")
-        if len(b) not in (1, self.n_objectives):
+        if b.shape[1] not in (1, self.n_objectives):
             raise ValueError(
-                f"got {len(b)} temperatures for {self.n_objectives} objectives {self.schema.objective_names}"
+                f"got {b.shape[1]} temperatures for {self.n_objectives} objectives {self.schema.objective_names}"
             )
-        if len(b) > 1 and self.method != "tcos":
+        if b.shape[1] > 1 and self.method != "tcos":
             raise ValueError(
                 "a Weight-COS model has one temperature: give a single beta (a per-objective "
                 "vector needs a Temperature-COS model, --method tcos)"
@@ -200,20 +204,26 @@ class ConditionedRanker(nn.Module):
         """Scores under weights ``w`` ((K,) or (B, K)) and temperature ``beta``.
 
         ``beta=None`` serves the training temperature (tcos: beta for every
-        objective). ``base_scores`` may be passed in when computed once for
-        the whole dataset (the base is frozen, so they never change).
+        objective); a (B, n) tensor gives each list its own. ``base_scores`` may
+        be passed in when computed once for the whole dataset (the base is
+        frozen, so they never change).
         """
+        return self.scores(x, mask, w, base_scores, self.check_beta(beta))
+
+    def scores(self, x, mask, w, base_scores=None, beta=None):
+        """``forward`` without the checks on beta (a checked (1 or B, n) tensor, or None): the
+        graph that ONNX export traces, free of data-dependent branches."""
         B, L, _ = x.shape
-        beta = self.check_beta(beta)
         cond = [x.new_zeros(B, 0)]
         if self.method != "fixed":  # an unconditioned baseline ignores w
             w = w.to(x.dtype)
             w = w.expand(B, -1) if w.dim() == 1 else w
             cond = [(w - self.w_center) * self.w_scale]
         if self.method == "tcos":
-            b = torch.full((self.n_objectives,), self.beta) if beta is None else beta.expand(self.n_objectives)
-            b = b.to(x.device, x.dtype)
-            cond.append(((b / b.sum() - self.w_center) * self.b_scale).expand(B, -1))
+            b = torch.full((1, self.n_objectives), self.beta) if beta is None else beta
+            b = b.to(x.device, x.dtype).expand(B, self.n_objectives)
+            total = b.sum(-1, keepdim=True)
+            cond.append((b / total - self.w_center) * self.b_scale)
         cond = torch.cat(cond, dim=-1)
         z = torch.cat([self.base.norm(x), cond[:, None, :].expand(B, L, -1)], dim=-1)
         out = self.net(z, mask)
@@ -223,9 +233,9 @@ class ConditionedRanker(nn.Module):
         if self.parametrisation == "augment":
             out = out + base_scores
         if self.method == "tcos":
-            out = base_scores + (out - base_scores) / b.sum()
+            out = base_scores + (out - base_scores) / total
         elif beta is not None:
-            out = base_scores + (self.beta / float(beta)) * (out - base_scores)
+            out = base_scores + (self.beta / beta.to(x.device, x.dtype)) * (out - base_scores)
         return out.masked_fill(~mask, 0.0)
 
     def config_dict(self) -> dict:

@@ -1,0 +1,312 @@
+"""Serving: batched scoring, ONNX export, ``ltr predict``, and the real HTTP server on 127.0.0.1."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cosdpo import load_ranker, score_items
+from cosdpo.cli import app
+from cosdpo.data.letor import read_letor
+from cosdpo.serving import OnnxScorer, export_onnx, score_lists
+
+from .conftest import TINY
+
+httpx = pytest.importorskip("httpx")
+runner = CliRunner()
+FT = dict(objectives=("quality1", "quality2"), batch_size=4, lr=3e-3, **TINY)
+
+
+@pytest.fixture(scope="module")
+def rankers(tiny_fold, tiny_base, tmp_path_factory):
+    """Trained tiny rankers of each kind; the conditioned ones' heads made to matter (a few steps leave
+    an augment ranker near its base)."""
+    import torch
+
+    from cosdpo.models.ranker import save_ranker
+    from cosdpo.training.ltr import FinetuneConfig, finetune
+
+    root = tmp_path_factory.mktemp("rankers")
+    out = {"base": tiny_base}
+    for method in ("wcos", "tcos"):
+        model, _ = finetune(tiny_fold, tiny_base, root / method, FinetuneConfig(epochs=1, method=method, **FT))
+        torch.nn.init.normal_(model.net.head.weight, std=0.5, generator=torch.Generator().manual_seed(1))
+        save_ranker(model, root / method)
+        out[method] = root / method
+    return out
+
+
+def rows(n, seed=0, width=136):
+    return (np.random.default_rng(seed).random((n, width)) * 20).astype(np.float32)
+
+
+def conditions(kind, i):
+    w = [[1.0, 0.0], [0.3, 0.7], [0.5, 0.5], [0.0, 1.0]][i % 4]
+    beta = {"base": None, "wcos": [None, 0.5, 3.0, None][i % 4], "tcos": [None, [0.5, 2.0], 4.0, [1.0, 0.2]][i % 4]}
+    return (None if kind == "base" else w), beta[kind]
+
+
+@pytest.mark.parametrize("kind", ["base", "wcos", "tcos"])
+def test_one_padded_batch_scores_each_list_as_alone(rankers, kind):
+    model = load_ranker(rankers[kind])
+    lists = [rows(n, seed=n) for n in (7, 1, 12, 3)]
+    conds = [conditions(kind, i) for i in range(4)]
+    batched = score_lists(model, lists, [c[0] for c in conds], [c[1] for c in conds])
+    for items, (w, b), got in zip(lists, conds, batched):
+        np.testing.assert_allclose(got, score_items(model, items, w, b), rtol=1e-5, atol=1e-5)
+    if kind != "base":  # the conditions reach the scores: the test can fail
+        assert not np.allclose(batched[0][:3], score_lists(model, [lists[0]], [[0.0, 1.0]])[0][:3], atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["base", "wcos", "tcos"])
+def test_onnx_export_matches_torch_on_padded_batches(rankers, kind, tmp_path):
+    r = runner.invoke(
+        app, ["ltr", "export", "--model", str(rankers[kind]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]
+    )
+    assert r.exit_code == 0, r.output
+    model, onnx = load_ranker(rankers[kind]), OnnxScorer(tmp_path / "m.onnx")
+    assert onnx.card["kind"] == {"base": "base", "wcos": "weight-cos", "tcos": "temperature-cos"}[kind]
+    for sizes in ((5,), (9, 2, 30)):
+        lists = [rows(n, seed=n + 1) for n in sizes]
+        conds = [conditions(kind, i + 1) for i in range(len(sizes))]
+        ws, bs = [c[0] for c in conds], [c[1] for c in conds]
+        for got, want in zip(score_lists(onnx, lists, ws, bs), score_lists(model, lists, ws, bs)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_export_refuses_other_formats(rankers, tmp_path):
+    r = runner.invoke(
+        app, ["ltr", "export", "--model", str(rankers["wcos"]), "--format", "pmml", "--out", str(tmp_path / "x")]
+    )
+    assert r.exit_code == 2 and "--format must be onnx" in r.output
+
+
+def test_predict_writes_one_score_per_row_in_file_order(rankers, tiny_fold, tmp_path):
+    # queries interleaved in the file: a query is still scored as one list
+    lines = (Path(tiny_fold) / "test.txt").read_text().splitlines()
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text("\n".join(lines[::2] + lines[1::2]) + "\n")
+    out = tmp_path / "scores.txt"
+    args = ["ltr", "predict", "--model", str(rankers["wcos"]), "--data", str(mixed), "--weights", "0.3,0.7"]
+    r = runner.invoke(app, [*args, "--beta", "2", "--out", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    scores = np.loadtxt(out)
+    data = read_letor(mixed, max_label=None)
+    assert len(scores) == len(data.qid) == len(lines)
+    model = load_ranker(rankers["wcos"])
+    for q in np.unique(data.qid):
+        rows_q = np.flatnonzero(data.qid == q)
+        np.testing.assert_allclose(
+            scores[rows_q], score_items(model, data.X[rows_q], [0.3, 0.7], 2.0), rtol=1e-5, atol=1e-6
+        )
+    r = runner.invoke(
+        app, [*args, "--beta", "2", "--out", str(tmp_path / "onnx.txt"), "--backend", "onnx", "--no-progress"]
+    )
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "onnx.txt"), scores, rtol=1e-5, atol=1e-5)
+    r = runner.invoke(app, [*args[:-1], "0.3,0.8", "--out", str(tmp_path / "bad.txt")])
+    assert r.exit_code == 2 and "simplex" in r.output and not (tmp_path / "bad.txt").exists()
+
+
+# -- the real server, as a user starts it
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(model, *options, timeout=120):
+    port = free_port()
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "cosdpo", "serve", str(model), "--host", "127.0.0.1", "--port", str(port), *options]
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a pipe nobody reads stalls the server when full
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"the server stopped: {log.read()}")
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.2)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def rss_kb(pid) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_bad_folder_stops_serve_at_start_in_one_line(tmp_path):
+    for folder in (tmp_path / "missing", tmp_path):
+        r = subprocess.run(
+            [sys.executable, "-m", "cosdpo", "serve", str(folder), "--port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["wcos", "tcos"])
+def test_rank_endpoint_answers_as_score_items(rankers, kind):
+    model = load_ranker(rankers[kind])
+    with serving(rankers[kind]) as (url, _), httpx.Client(base_url=url) as client:
+        card = client.get("/v1/model").json()
+        assert card["objectives"] == ["quality1", "quality2"] and card["K"] == 2 and card["features"] == 136
+        assert card["beta"] == model.beta and card["inputs"] == 131
+        queries = []
+        for i, n in enumerate((6, 1, 15)):
+            w, b = conditions(kind, i)
+            queries.append({"items": rows(n, seed=i).tolist(), "weights": w} | ({} if b is None else {"beta": b}))
+        r = client.post("/v1/rank", json={"queries": queries})
+        assert r.status_code == 200, r.text
+        for q, res in zip(queries, r.json()["results"]):
+            want = score_items(model, q["items"], q["weights"], q.get("beta"))
+            np.testing.assert_allclose(res["scores"], want, rtol=1e-5, atol=1e-5)
+            assert res["order"] == np.argsort(-np.asarray(res["scores"]), kind="stable").tolist()
+
+        # concurrent clients, a w each: gathered into fewer forwards, every answer its own
+        def one(i):
+            items, w = rows(20, seed=100 + i), [i / 31, 1 - i / 31]
+            got = client.post("/v1/rank", json={"queries": [{"items": items.tolist(), "weights": w}]})
+            return np.asarray(got.json()["results"][0]["scores"]), score_items(model, items, w)
+
+        before = client.get("/v1/model").json()["batching"]
+        with ThreadPoolExecutor(16) as pool:
+            for got, want in pool.map(one, range(32)):
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        after = client.get("/v1/model").json()["batching"]
+        assert after["requests"] - before["requests"] == 32
+        assert after["batches"] - before["batches"] < 32  # some requests shared a forward
+
+
+BAD_RANK = [
+    ({"queries": [{"items": [[0.5] * 136], "weights": [0.3, 0.8]}]}, ["queries", 0, "weights"], "simplex"),
+    ({"queries": [{"items": [[0.5] * 136], "weights": [1.0]}]}, ["queries", 0, "weights"], "2"),
+    ({"queries": [{"items": [[0.5] * 136], "weights": [0.5, 0.5], "beta": 0}]}, ["queries", 0, "beta"], "> 0"),
+    ({"queries": [{"items": [[0.5] * 136], "weights": [0.5, 0.5], "beta": [1, 2]}]}, ["queries", 0, "beta"], "one"),
+    ({"queries": [{"items": [[0.5] * 7], "weights": [0.5, 0.5]}]}, ["queries", 0, "items"], "136"),
+    ({"queries": [{"items": [], "weights": [0.5, 0.5]}]}, ["queries", 0, "items"], "at least 1"),
+    ({"queries": [{"items": [[0.5] * 136, [0.5] * 3], "weights": [0.5, 0.5]}]}, ["queries", 0, "items"], "same length"),
+    ({"queries": []}, ["queries"], "at least 1"),
+    ({"queries": [{"items": [[0.5] * 136]}]}, ["queries", 0, "weights"], "needs weights"),
+    ({"queries": [{"items": [["1"] * 136], "weights": [0.5, 0.5]}]}, ["queries", 0, "items", 0, 0], "number"),
+    ({"queries": [{"items": [[0.5] * 136], "weight": [0.5, 0.5]}]}, ["queries", 0, "weight"], "not permitted"),
+]
+
+
+HUGE = [
+    json.dumps({"queries": [{"items": [[1.0]] * 20_001, "weights": [0.5, 0.5]}]}).encode(),  # over --max-items
+    json.dumps({"queries": [{"items": [[1.0] * 136], "weights": [0.5] * 100_000}]}).encode(),
+]
+SHAPES = [None, 1, "x", [], {}, {"queries": None}, {"queries": "a"}, {"queries": [None]}, {"queries": [{"items": {}}]}]
+
+
+def malformed(rng, i):
+    """Request bodies a server meets: broken JSON, wrong types, NaN, huge arrays, random bytes."""
+    good = {"items": rows(3, seed=i).tolist(), "weights": [0.5, 0.5]}
+    choice = i % 10
+    if choice == 0:
+        return rng.bytes(int(rng.integers(1, 400)))
+    if choice == 1:
+        return json.dumps({"queries": [good]}).encode()[: int(rng.integers(1, 60))]
+    if choice == 2:
+        return b'{"queries": [{"items": [[NaN, Infinity]], "weights": [0.5, 0.5]}]}'
+    if choice == 3:
+        return HUGE[i % 2]
+    if choice == 4:
+        return json.dumps(SHAPES[int(rng.integers(len(SHAPES)))]).encode()
+    if choice == 5:
+        return json.dumps({"queries": [good | {"weights": rng.normal(size=int(rng.integers(0, 5))).tolist()}]}).encode()
+    if choice == 6:
+        return json.dumps({"queries": [good | {"beta": [-1.0, 0.0, "1", [2.0, 3.0]][int(rng.integers(4))]}]}).encode()
+    if choice == 7:
+        return json.dumps({"queries": [{"items": [[[1.0]]], "weights": [0.5, 0.5]}]}).encode()
+    if choice == 8:
+        return json.dumps({"queries": [{"items": "abc", "weights": {"a": 1}}]}).encode()
+    return json.dumps(
+        {"queries": [{"items": [[1e39] * 136], "weights": [0.5, 0.5]}] * int(rng.integers(1, 4))}
+    ).encode()
+
+
+@pytest.mark.slow
+def test_bad_requests_get_4xx_naming_the_field_and_the_server_stays_up(rankers):
+    model = load_ranker(rankers["wcos"])
+    with serving(rankers["wcos"], "--max-body-mb", "4") as (url, proc), httpx.Client(base_url=url, timeout=30) as c:
+        for body, loc, words in BAD_RANK:
+            r = c.post("/v1/rank", json=body)
+            assert r.status_code == 422, (body, r.text)
+            detail = r.json()["detail"][0]
+            assert detail["loc"][1:] == loc and words in detail["msg"], detail
+        many = {"queries": [{"items": [[0.5]] * 100, "weights": [0.5, 0.5]}] * 201}
+        r = c.post("/v1/rank", json=many)
+        assert r.status_code == 413 and "the most is 20000" in r.json()["detail"][0]["msg"]
+        r = c.post("/v1/rank", content=b"[" + b"1," * 2_500_000 + b"1]", headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "4 MB" in r.text
+
+        good = {"queries": [{"items": rows(8).tolist(), "weights": [0.2, 0.8]}]}
+        want = score_items(model, good["queries"][0]["items"], [0.2, 0.8])
+        for _ in range(20):  # warm: allocator pools settle before the baseline
+            c.post("/v1/rank", json=good)
+        start_rss = rss_kb(proc.pid)
+        rng, statuses = np.random.default_rng(0), {}
+        for i in range(1000):
+            ctype = "application/json" if i % 7 else "text/plain"
+            r = c.post("/v1/rank", content=malformed(rng, i), headers={"content-type": ctype})
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            assert r.status_code < 500, (i, r.text)
+            assert r.json()["detail"][0]["loc"][0] == "body"
+        assert set(statuses) <= {400, 413, 422} and statuses.get(422, 0) > 500, statuses
+        assert proc.poll() is None
+        r = c.post("/v1/rank", json=good)
+        np.testing.assert_allclose(r.json()["results"][0]["scores"], want, rtol=1e-5, atol=1e-5)
+        assert rss_kb(proc.pid) < 1.10 * start_rss
+
+
+@pytest.mark.slow
+def test_onnx_backend_serves_the_same_scores(rankers):
+    model = load_ranker(rankers["tcos"])
+    with serving(rankers["tcos"], "--backend", "onnx") as (url, _):
+        assert httpx.get(url + "/v1/model").json()["backend"] == "onnx"
+        q = {"items": rows(9).tolist(), "weights": [0.3, 0.7], "beta": [0.5, 2.0]}
+        got = httpx.post(url + "/v1/rank", json={"queries": [q]}).json()["results"][0]["scores"]
+        np.testing.assert_allclose(got, score_items(model, q["items"], q["weights"], q["beta"]), rtol=1e-5, atol=1e-5)
+
+
+def test_export_file_is_stamped(rankers, tmp_path):
+    path = export_onnx(load_ranker(rankers["wcos"]), tmp_path / "w.onnx")
+    scorer = OnnxScorer(path)
+    assert scorer.card["objectives"] == ["quality1", "quality2"] and len(scorer.schema.inputs) == 131
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ValueError, match="not a readable ONNX model"):
+        OnnxScorer(tmp_path / "junk.onnx")

@@ -86,6 +86,13 @@ def test_llm_benchmarks(tiny_llm, tmp_path):
     assert res.returncode == 0 and "1 runs; mean held-out accuracy" in res.stdout, res.stderr[-2000:]
 
 
+@pytest.mark.slow
+def test_serving_load_benchmark(tiny_llm, tmp_path):
+    out = bench("serve_load.py", "--model", tiny_llm, cwd=tmp_path)
+    assert number(r"ranking \(torch\) at 16 clients: batched / one forward per request = ([\d.]+)x", out) > 0
+    assert number(r"batched / one at a time = ([\d.]+)x tokens/s", out) > 0
+
+
 def test_every_benchmark_has_a_quick_test():
     """A new script in benchmarks/ must join a test above (and so carry a --quick mode)."""
     source = Path(__file__).read_text()

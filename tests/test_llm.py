@@ -441,8 +441,8 @@ def test_compare_config_refuses_bad_methods_before_training(tiny_llm):
     from cosdpo.training.llm_compare import LLMCompareConfig
 
     assert LLMCompareConfig(cfg_for(tiny_llm), methods=(" wcos", "soup ")).methods == ("wcos", "soup")
-    with pytest.raises(ValueError, match="unknown methods \\['modpo'\\]"):  # ranking only
-        LLMCompareConfig(cfg_for(tiny_llm), methods=("wcos", "modpo"))
+    with pytest.raises(ValueError, match="unknown methods \\['tcos'\\]"):  # ranking only
+        LLMCompareConfig(cfg_for(tiny_llm), methods=("wcos", "tcos"))
     with pytest.raises(ValueError, match="leave method at wcos"):
         LLMCompareConfig(cfg_for(tiny_llm, method="ls", fixed_weights=(1.0, 0.0)))
 
@@ -533,3 +533,57 @@ def test_a_short_run_scores_only_the_pairs_its_steps_reach(tiny_llm, tiny_pairs,
     finetune_llm(tiny_pairs, tmp_path / "short", long, resume=True, log=quiet)
     np.testing.assert_array_equal(cached("short"), whole)  # NaN where neither run needed a reference
     assert llm.reference_batches(full, np.arange(len(full)), replace(cfg, max_steps=15)) is None  # a whole epoch
+
+
+def test_modpo_terms_are_dpo_shifted_by_the_margin(tiny_llm, tiny_pairs):
+    """(beta/w_1) (Delta log pi - Delta log pi_ref) - m / w_1, pair by pair; margin 0 and w_1 = 1 is DPO."""
+    from cosdpo.training.llm import MODPOTask
+
+    base, tok = load_base(str(tiny_llm))
+    cfg = cfg_for(tiny_llm, method="modpo", fixed_weights=(0.4, 0.6))
+    data, _, _ = load_split(tiny_pairs, tok, cfg, None, "train")
+    data = data.subset(np.flatnonzero(data.objective == 0))
+    policy = build_policy(base, cfg, 2)
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    data.ref = sequence_scores(policy, data, reference=True)
+    data.margin = np.random.default_rng(0).normal(size=len(data))
+    records = list(range(0, len(data), 2))
+    sums, counts = MODPOTask(cfg, data).terms(policy, data.batch(records), step=0)
+    lp = sequence_scores(policy, data, torch.tensor([0.4, 0.6]))
+    delta = (lp - data.ref)[data.chosen] - (lp - data.ref)[data.rejected]
+    logit = (cfg.beta / 0.4) * delta[records] - data.margin[records] / 0.4
+    expect = -torch.nn.functional.logsigmoid(torch.as_tensor(logit)).sum()
+    assert counts.tolist() == [len(records), 0]
+    assert float(sums[0].detach()) == pytest.approx(float(expect), rel=1e-4) and float(sums[1].detach()) == 0
+    data.margin[:] = 0  # w_1 = 1, no margin: DPO-LS's terms
+    one = cfg_for(tiny_llm, method="modpo", fixed_weights=(1.0, 0.0))
+    ls = cfg_for(tiny_llm, fixed_weights=(1.0, 0.0))
+    a, _ = MODPOTask(one, data).terms(policy, data.batch(records), step=0)
+    b, _ = PreferenceTask(ls, data).terms(policy, data.batch(records), step=0)
+    assert torch.allclose(a, b)
+
+
+def test_modpo_with_one_objective_is_dpo(tiny_llm, tiny_pairs, tmp_path):
+    """K = 1: no other objective, no margin, w_1 = 1: MO-DPO trains exactly the DPO-LS model."""
+    one = dict(objectives=("short",), max_steps=2, fixed_weights=(1.0,))
+    a, _ = finetune_llm(tiny_pairs, tmp_path / "m", cfg_for(tiny_llm, method="modpo", **one), log=quiet)
+    b, _ = finetune_llm(tiny_pairs, tmp_path / "l", cfg_for(tiny_llm, **one), log=quiet)
+    sa, sb = adapter_state(a), adapter_state(b)
+    assert sa.keys() == sb.keys() and all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+    assert any("lora_B" in k and float(v.abs().sum()) > 0 for k, v in sa.items())  # it trained
+
+
+def test_compare_runs_every_baseline_and_shares_the_single_objective_policies(tiny_llm, tiny_pairs, tmp_path):
+    from cosdpo.training.llm_compare import LLMCompareConfig, compare_llm
+
+    cfg = LLMCompareConfig(cfg_for(tiny_llm, max_steps=1), methods=("wcos", "ls", "soup", "modpo"), grid=3)
+    result = compare_llm(tiny_pairs, tmp_path / "c", cfg, log=quiet)
+    methods = result["methods"]
+    assert set(methods) == {"wcos", "ls", "soup", "modpo"}
+    assert methods["modpo"]["models_trained"] == 3 + 1 and methods["soup"]["models_trained"] == 2
+    models = sorted(p.name for p in (tmp_path / "c" / "models").iterdir())
+    assert models == ["ls-0", "ls-1", "ls-2", "modpo-0", "modpo-1", "modpo-2", "single-0", "single-1", "wcos"]
+    for m in methods.values():
+        assert len(m["points"]) == 3 and 0 <= m["hypervolume"] <= 1

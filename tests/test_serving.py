@@ -1,14 +1,9 @@
 """Serving: batched scoring, ONNX export, ``ltr predict``, and the real HTTP server on 127.0.0.1."""
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +13,8 @@ from typer.testing import CliRunner
 from cosdpo import load_ranker, score_items
 from cosdpo.cli import app
 from cosdpo.data.letor import read_letor
+from cosdpo.server.process import background_server as serving
+from cosdpo.server.process import free_port
 from cosdpo.serving import OnnxScorer, export_onnx, score_lists
 
 from .conftest import TINY
@@ -119,43 +116,6 @@ def test_predict_writes_one_score_per_row_in_file_order(rankers, tiny_fold, tmp_
 
 
 # -- the real server, as a user starts it
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serving(model, *options, timeout=120):
-    port = free_port()
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "cosdpo", "serve", str(model), "--host", "127.0.0.1", "--port", str(port), *options]
-    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a pipe nobody reads stalls the server when full
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + timeout
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise AssertionError(f"the server stopped: {log.read()}")
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, "the server did not start"
-            time.sleep(0.2)
-        yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def rss_kb(pid) -> int:
@@ -310,3 +270,104 @@ def test_export_file_is_stamped(rankers, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not onnx")
     with pytest.raises(ValueError, match="not a readable ONNX model"):
         OnnxScorer(tmp_path / "junk.onnx")
+
+
+# -- the LLM server
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tiny_llm, tiny_pairs, tmp_path_factory):
+    """A tiny trained policy whose prompt module and LoRA are made to matter, so that w changes answers."""
+    pytest.importorskip("peft")
+    import torch
+
+    from cosdpo.models.llm import load_policy, read_policy_info, save_policy
+    from cosdpo.training.llm import LLMConfig, finetune_llm
+
+    out = tmp_path_factory.mktemp("policy") / "p"
+    cfg = LLMConfig(model=str(tiny_llm), max_steps=1, batch_size=8, held_out=0.25, prompt_tokens=2, progress=False)
+    finetune_llm(tiny_pairs, out, cfg, log=lambda *_: None)
+    policy, tokenizer, info = load_policy(out)
+    g = torch.Generator().manual_seed(0)
+    for name, p in policy.named_parameters():
+        if "lora_B" in name or "mlp_a.2" in name or "mlp_b.2" in name:
+            torch.nn.init.normal_(p, std=0.6, generator=g)
+    save_policy(policy, tokenizer, out, info)
+    assert read_policy_info(out)["objectives"] == info["objectives"]
+    return out
+
+
+PROMPTS = ["hello there", "what is a cat", "tell me more about the sea", "why"]
+
+
+@pytest.mark.slow
+def test_llm_endpoints_answer_as_generate(policy_dir):
+    openai = pytest.importorskip("openai")
+    from cosdpo import generate, load_policy
+
+    policy, tokenizer, info = load_policy(policy_dir)
+    ws = [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.2, 0.8]]
+    want = {
+        (p, tuple(w), b): generate(policy, tokenizer, [p], w, beta=info["beta"], beta_prime=b, max_new_tokens=12)[0]
+        for p in PROMPTS
+        for w in ws
+        for b in (None, 0.3)
+    }
+    assert len({want[(PROMPTS[0], tuple(w), None)] for w in ws}) > 1  # w changes the answer: the test can fail
+    with serving(policy_dir) as (url, _), httpx.Client(base_url=url, timeout=120) as c:
+        card = c.get("/v1/model").json()
+        assert card["type"] == "llm" and card["objectives"] == info["objectives"] and card["beta"] == info["beta"]
+
+        def ask(key):
+            p, w, b = key
+            body = {"prompt": p, "weights": list(w), "max_new_tokens": 12} | ({} if b is None else {"beta": b})
+            r = c.post("/v1/generate", json=body)
+            assert r.status_code == 200, r.text
+            return r.json()["text"]
+
+        # 8 clients at once, each its own w and beta': one decoding loop, every answer its own
+        before = c.get("/v1/model").json()["batching"]
+        with ThreadPoolExecutor(8) as pool:
+            got = dict(zip(want, pool.map(ask, want)))
+        assert got == want
+        after = c.get("/v1/model").json()["batching"]
+        assert after["batches"] - before["batches"] < len(want)
+
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+        chat = client.chat.completions.create(
+            model="p",
+            messages=[{"role": "user", "content": PROMPTS[1]}],
+            max_tokens=12,
+            temperature=0,
+            extra_body={"weights": [0.2, 0.8], "beta": 0.3},
+        )
+        assert chat.choices[0].message.content == want[(PROMPTS[1], (0.2, 0.8), 0.3)]
+        assert chat.choices[0].finish_reason in ("stop", "length") and chat.usage.completion_tokens > 0
+        stream = client.chat.completions.create(
+            model="p",
+            messages=[{"role": "user", "content": PROMPTS[1]}],
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            extra_body={"weights": [0.2, 0.8], "beta": 0.3},
+        )
+        pieces = [e.choices[0].delta.content or "" for e in stream]
+        assert len(pieces) > 2 and "".join(pieces).strip() == want[(PROMPTS[1], (0.2, 0.8), 0.3)]
+
+        # sampling is seeded per request, whatever else shares its batch
+        body = {"prompt": PROMPTS[0], "weights": [0.5, 0.5], "max_new_tokens": 8, "do_sample": True, "seed": 3}
+        assert len({c.post("/v1/generate", json=body).json()["text"] for _ in range(3)}) == 1
+        for bad, field in (
+            ({"weights": [0.5, 0.6]}, "weights"),
+            ({"weights": [1.0]}, "weights"),
+            ({"beta": 0.0}, "beta"),
+            ({"max_new_tokens": 100_000}, "max_new_tokens"),
+            ({"do_sample": True, "temperature": 0.0}, "body"),
+        ):
+            r = c.post("/v1/generate", json={"prompt": "hi", "weights": [0.5, 0.5]} | bad)
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == field, r.text
+        r = c.post("/v1/generate", json={"prompt": "hi " * 3000, "weights": [0.5, 0.5]})
+        assert r.status_code == 413, r.text
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "weights": [2, -1]})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "weights"]
+        assert ask((PROMPTS[2], (0.5, 0.5), None)) == want[(PROMPTS[2], (0.5, 0.5), None)]  # still serving

@@ -35,11 +35,10 @@ def make_tokenizer(vocab: int = 300):
     return t
 
 
-def make_llama(tokenizer, seed: int = 0):
+def tiny_llama_config(tokenizer, **kw):
     import transformers
 
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(
+    return transformers.LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -50,8 +49,26 @@ def make_llama(tokenizer, seed: int = 0):
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **kw,
     )
-    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def make_llama(tokenizer, seed: int = 0):
+    import transformers
+
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(tiny_llama_config(tokenizer)).eval()
+
+
+def save_tiny_reward_model(folder, seed: int = 0):
+    """A tiny random sequence-classification model (one score per text), as reward models are saved."""
+    import transformers
+
+    torch.manual_seed(seed)
+    tok = make_tokenizer()
+    transformers.LlamaForSequenceClassification(tiny_llama_config(tok, num_labels=1)).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
 
 
 def save_tiny_llm(folder, seed: int = 0):

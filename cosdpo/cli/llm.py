@@ -79,6 +79,7 @@ config_command(
     [DATA, FORMAT, OUT, RESUME, OVERWRITE],
     _finetune,
     "Fine-tune one policy conditioned on w (LoRA + Hyper Prompt Tuning); writes a policy folder.",
+    choices={"method": ("wcos", "ls")},  # MO-DPO needs its single-objective policies: llm compare trains them
 )
 config_command(
     llm_app,
@@ -158,6 +159,90 @@ def llm_front(
         f"hypervolume {front['hypervolume']:.4f} over {front['pairs']} held-out pairs (the base scores 0.5 on each)"
     )
     typer.echo(f"wrote {out / 'front.json'} and {out / 'front.png'}")
+
+
+@llm_app.command("score")
+@friendly
+def llm_score(
+    model: Path = typer.Option(..., "--model", help="Policy folder (from llm finetune)."),
+    out: Path = OutOpt,
+    reward: str = typer.Option(
+        ...,
+        "--reward",
+        help="One scorer per objective: OBJ=DIR (a Hugging Face sequence-classification reward model) or "
+        "OBJ=module:function (f(prompt, response) -> float), e.g. helpful=rm/helpful,harmless=rm/harmless.",
+    ),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="Preference data whose prompts to answer (default: the training data)."
+    ),
+    prompts_file: Optional[Path] = typer.Option(
+        None, "--prompts", help="A text file of prompts, one per line, to answer instead of --data's."
+    ),
+    fmt: Optional[str] = FormatOpt,
+    split: str = typer.Option("held-out", help="held-out (the prompts training kept out) or all."),
+    grid: Optional[int] = typer.Option(None, help="N evenly spaced weights for K=2 (default 11); at most N for K>2."),
+    max_prompts: int = typer.Option(32, "--max-prompts", help="Prompts to answer at each w."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    beta_prime: Optional[float] = typer.Option(
+        None, "--beta-prime", help="Serving temperature beta' (default: the training beta)."
+    ),
+    precision: Optional[str] = PrecisionOpt,
+    attention: Optional[str] = AttentionOpt,
+    progress: bool = ProgressOpt,
+):
+    """Answer held-out prompts at each w, score the answers per objective: front.json, front.png, generations.jsonl."""
+    from ..evaluation.rewards import held_out_prompts, load_scorer, parse_rewards, write_generation_front
+    from ..generation import check_beta_prime, check_decoding
+    from ..models.llm import load_policy, read_policy_info
+
+    if split not in ("held-out", "all"):
+        raise ValueError(f"--split must be held-out or all, got {split!r}")
+    if max_prompts < 1:
+        raise ValueError(f"--max-prompts must be >= 1, got {max_prompts}")
+    check_beta_prime(beta_prime)
+    check_decoding(max_new_tokens, False, 1.0, 1.0)
+    info = read_policy_info(model)  # before anything loads: a bad folder or option fails fast
+    specs = parse_rewards(reward, info["objectives"])
+    if prompts_file is not None:
+        prompts = [line.strip() for line in prompts_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"{prompts_file}: no prompts (one per line)")
+        prompts = prompts[:max_prompts]
+    else:
+        prompts = held_out_prompts(data or info["data"], info, fmt, max_prompts, split)
+    scorers = {o: load_scorer(spec) for o, spec in specs.items()}
+    policy, tokenizer, info = load_policy(model, precision=precision, attention=attention)
+    front = write_generation_front(
+        policy,
+        tokenizer,
+        info,
+        prompts,
+        scorers,
+        out,
+        grid=grid,
+        beta_prime=beta_prime,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+        model_name=str(model),
+    )
+    names = front["objectives"]
+    typer.echo("  w" + " " * 14 + "".join(f"{n[:14]:>16}" for n in names) + f"{'mean words':>12}")
+    for w, p, n in zip(front["weights"], front["points"], front["mean_words"]):
+        typer.echo(
+            "  "
+            + " ".join(f"{x:5.2f}" for x in w)
+            + " " * (16 - 6 * len(w))
+            + "".join(f"{x:16.3f}" for x in p)
+            + f"{n:12.1f}"
+        )
+    typer.echo(
+        "  base" + " " * 12 + "".join(f"{x:16.3f}" for x in front["base_point"]) + f"{front['base_mean_words']:12.1f}"
+    )
+    typer.echo(
+        f"hypervolume {front['hypervolume']:.4f} over {front['prompts']} prompts "
+        f"(the base alone {front['base_hypervolume']:.4f})"
+    )
+    typer.echo(f"wrote {out / 'front.json'}, {out / 'front.png'} and {out / 'generations.jsonl'}")
 
 
 @llm_app.command("generate")

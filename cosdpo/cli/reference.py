@@ -14,7 +14,7 @@ from .options import REGISTRY, _shown, flag_name
 
 HEAD = """# Configuration reference
 
-Every training command's options, generated from its config dataclass
+Every training command's options, and `cosdpo serve`'s, generated from its config dataclass
 (`python -m cosdpo.cli.reference > docs/configuration.md`). Each option is
 also a key of a config file (`--config FILE`, YAML or TOML) and of the
 `run.yaml` every run writes, under its field name (`--lr-schedule` is

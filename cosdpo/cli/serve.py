@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import from_dict
-from ..server.app import ServeConfig
+from ..server.settings import ServeConfig
 from .options import Input, config_command
 
 MODEL = Input("model_dir", "A ranker folder, a ranker's .onnx export, or an LLM policy folder.", argument=True)
@@ -13,7 +13,12 @@ WORKERS = Input("workers", "Worker processes, each with its own copy of the mode
 
 
 def _serve(given, values):
-    from ..server.app import run_server
+    try:
+        from ..server.app import run_server
+    except ImportError as exc:
+        raise ValueError(
+            f"cosdpo serve needs the serve extra ({exc.name} is missing): pip install 'cosdpo[serve]'"
+        ) from None
 
     cfg = from_dict(ServeConfig, values["serve"], "serve")
     if given["workers"] < 1:

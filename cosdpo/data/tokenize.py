@@ -111,6 +111,7 @@ class PreferenceSet:
         self.pad_id = pad_id
         self.sources = list(sources)
         self.ref: np.ndarray | None = None
+        self.margin: np.ndarray | None = None  # per record: MO-DPO's margin from the other objectives' models
         self.lengths = np.array([len(p) + len(r) for p, r in self.sequences], dtype=np.int64)
 
     @classmethod
@@ -164,6 +165,7 @@ class PreferenceSet:
             [self.sources[i] for i in records] if self.sources else [],
         )
         out.ref = None if self.ref is None else self.ref[used]
+        out.margin = None if self.margin is None else self.margin[records]
         return out
 
     def counts(self) -> dict[str, int]:
@@ -212,4 +214,6 @@ class PreferenceSet:
         }
         if self.ref is not None:
             out["ref"] = torch.as_tensor(self.ref[seq_ids], device=device)
+        if self.margin is not None:
+            out["margin"] = torch.as_tensor(self.margin[records], device=device)
         return out

@@ -1,5 +1,5 @@
-"""HTTP serving of a ranker or an LLM policy: ``cosdpo serve`` (docs/serving.md)."""
+"""HTTP serving of a ranker or an LLM policy: ``cosdpo serve`` (docs/serving.md).
 
-from .app import ServeConfig, create_app, run_server
-
-__all__ = ["ServeConfig", "create_app", "run_server"]
+``cosdpo.server.app.create_app`` builds the FastAPI app; ``run_server`` runs it
+on uvicorn. Both need the ``serve`` extra (``pip install "cosdpo[serve]"``).
+"""

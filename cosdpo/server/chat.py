@@ -25,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..data.tokenize import prompt_ids
 from ..generation import Decoding, check_beta_prime, generate_ids
 from ..simplex import check_simplex
-from .app import RequestError, ServeConfig
-from .batching import Batcher
+from .app import RequestError
+from .batching import BatchedService, Batcher
+from .settings import ServeConfig
 
 
 class Message(BaseModel):
@@ -81,26 +82,19 @@ class Job:
     emit: object = None  # called with each new token id (streaming), then with None
 
 
-class LLMService:
+class LLMService(BatchedService):
     def __init__(self, path, config: ServeConfig):
         from ..models.llm import load_policy, read_policy_info
 
         read_policy_info(path)  # a broken folder fails in one line before the model loads
-        self.config, self.name = config, Path(path).name
+        self.config, self.name, self.batching_enabled = config, Path(path).name, config.batching
         self.policy, self.tokenizer, self.info = load_policy(path)
         self.device = next(self.policy.parameters()).device
         self.batcher = Batcher(
             self._run, max_batch=config.max_llm_batch if config.batching else 1, max_wait=config.max_wait_ms / 1000
         )
 
-    def start(self):
-        self.batcher.start()
-
-    async def stop(self):
-        await self.batcher.stop()
-
     def card(self) -> dict:
-        b = self.batcher
         return {
             "type": "llm",
             "kind": "weight-cos",
@@ -110,7 +104,7 @@ class LLMService:
             "K": len(self.info["objectives"]),
             "beta": self.info["beta"],
             "prompt_template": self.info["config"]["prompt_template"],
-            "batching": {"enabled": self.config.batching, "batches": b.batches, "requests": b.items},
+            "batching": self.batching(),
         }
 
     # -- checks: every field before the request joins a batch

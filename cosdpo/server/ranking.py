@@ -11,8 +11,9 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..serving import check_list_beta, check_list_weights, condition_rows, item_inputs, load_scorer, pad_lists
-from .app import RequestError, ServeConfig
-from .batching import Batcher
+from .app import RequestError
+from .batching import BatchedService, Batcher
+from .settings import ServeConfig
 
 STRICT = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 
@@ -44,9 +45,9 @@ class RankResponse(BaseModel):
     results: list[RankResult] = Field(description="One result per query, in the request's order.")
 
 
-class RankingService:
+class RankingService(BatchedService):
     def __init__(self, path, config: ServeConfig):
-        self.config = config
+        self.config, self.batching_enabled = config, config.batching
         self.scorer = load_scorer(path, config.backend)
         self.batcher = Batcher(
             self._run,
@@ -56,17 +57,8 @@ class RankingService:
             max_size=config.max_batch_items,
         )
 
-    def start(self):
-        self.batcher.start()
-
-    async def stop(self):
-        await self.batcher.stop()
-
     def card(self) -> dict:
-        b = self.batcher
-        return {"type": "ranker", "backend": self.scorer.backend, **self.scorer.card} | {
-            "batching": {"enabled": self.config.batching, "batches": b.batches, "requests": b.items}
-        }
+        return {"type": "ranker", "backend": self.scorer.backend, **self.scorer.card, "batching": self.batching()}
 
     def check(self, request: RankRequest) -> list:
         """Each query as (input features, w, beta'), or a RequestError naming the field."""

@@ -40,6 +40,7 @@ from ..models.llm import (
     add_lora,
     load_base,
     load_policy,
+    peft_wrapping,
     read_policy_info,
     save_policy,
 )
@@ -48,7 +49,7 @@ from ..simplex import check_simplex, draw_weights, weight_grid
 from .loop import TrainConfig, finish_run, job_settings, make_accelerator, prepare_out, start_run, train
 from .reference import REFERENCE_FILE, reference_batches, reference_logprobs
 
-LLM_METHODS = ("wcos", "ls")
+LLM_METHODS = ("wcos", "ls", "modpo")
 WEIGHT_SAMPLING = ("step", "pair")
 
 
@@ -68,13 +69,15 @@ class LLMConfig(TrainConfig):
     )
     method: str = option(
         "wcos",
-        "wcos: one policy conditioned on w (Weight-COS-DPO); ls: one policy for --weights (DPO-LS).",
+        "wcos: one policy conditioned on w (Weight-COS-DPO); ls: one policy for --weights (DPO-LS); "
+        "modpo: one policy for --weights from the first objective's pairs and the others' models (MO-DPO).",
         choices=LLM_METHODS,
         panel="Method",
     )
     fixed_weights: tuple[float, ...] | None = option(
         None, "Train one unconditioned policy for this w (DPO-LS).", panel="Method", cli="--weights"
     )
+    modpo_min_w1: float = option(0.05, "modpo: floor on w_1 against the 1/w_1 blow-up.", cli=False)
     beta: float = option(0.1, "Training temperature of DPO (serve another one with --beta-prime).", panel="Method")
     alpha: float = option(0.3, "Dirichlet concentration of the w draws (small: corners, wider front).", panel="Method")
     weight_sampling: str = option(
@@ -153,7 +156,9 @@ class LLMConfig(TrainConfig):
         if self.fixed_weights is not None and self.method == "wcos":
             self.method = "ls"  # one w given: the one model for it
         if (self.fixed_weights is None) != (self.method == "wcos"):
-            raise ValueError("--weights is needed by, and only by, method ls")
+            raise ValueError("--weights is needed by, and only by, methods ls and modpo")
+        if not 0 < self.modpo_min_w1 <= 1:
+            raise ValueError(f"modpo_min_w1 must be in (0, 1], got {self.modpo_min_w1}")
         if self.fixed_weights is not None:
             k = len(self.objectives) or None
             self.fixed_weights = tuple(float(x) for x in check_simplex(self.fixed_weights, k))
@@ -319,15 +324,26 @@ class PreferenceTask:
             c, r = torch.arange(len(c), device=ids.device), torch.arange(len(c), 2 * len(c), device=ids.device)
         else:
             w = self.weights(step).to(ids.device)
+        logp, ref = self._logprobs(model, ids, attn, resp, w, ref)
+        per_pair, _ = dpo(logp[c], logp[r], ref[c], ref[r], self.cfg.beta, reduction="none")
+        return self._sums(step, batch, logp[c] - ref[c], logp[r] - ref[r], per_pair)
+
+    @staticmethod
+    def _logprobs(model, ids, attn, resp, w, ref):
+        """(log pi, log pi_ref) of the batch's sequences; without a cached reference, its forward runs here."""
         keep = response_window(resp)
         logp = sequence_logprobs(model(ids, attn, w, keep), ids, resp)
         if ref is not None:
-            ref = ref.to(logp.dtype)
-        else:  # no cache: the reference forward runs every step, as in TRL
-            ref = sequence_logprobs(getattr(model, "module", model).reference_logits(ids, attn, keep), ids, resp)
-        per_pair, _ = dpo(logp[c], logp[r], ref[c], ref[r], self.cfg.beta, reduction="none")
-        self._tally(step, batch["objective"], logp[c] - ref[c], logp[r] - ref[r])
-        sums = torch.zeros(self.K, dtype=per_pair.dtype, device=ids.device).index_add(0, batch["objective"], per_pair)
+            return logp, ref.to(logp.dtype)
+        # no cache: the reference forward runs every step, as in TRL
+        return logp, sequence_logprobs(getattr(model, "module", model).reference_logits(ids, attn, keep), ids, resp)
+
+    def _sums(self, step, batch, chosen, rejected, per_pair):
+        """Per-objective loss sums and pair counts, the step's metrics tallied on the way."""
+        self._tally(step, batch["objective"], chosen, rejected)
+        sums = torch.zeros(self.K, dtype=per_pair.dtype, device=per_pair.device).index_add(
+            0, batch["objective"], per_pair
+        )
         return sums, torch.bincount(batch["objective"], minlength=self.K)
 
     @torch.no_grad()
@@ -370,6 +386,49 @@ class PreferenceTask:
         return preference_front(self.vali, self.grid, scores_at, self.cfg.beta)["hypervolume"]
 
 
+class MODPOTask(PreferenceTask):
+    """MO-DPO for one w (docs/method.md section 7): the first objective's pairs, on the logit
+    (beta / w_1) (Delta log pi - Delta log pi_ref) - (1 / w_1) sum_{k>1} w_k Delta r_k,
+    where r_k = beta (log pi_k - log pi_ref) is the implicit reward of objective k's own policy
+    (``PreferenceSet.margin`` holds sum_k w_k Delta r_k per pair). That is DPO at temperature
+    beta / w_1 against the chosen reference shifted by margin / beta, so the plain DPO loss serves.
+    w_1 is floored at ``modpo_min_w1``.
+    """
+
+    def terms(self, model, batch, step):
+        ids, attn, resp, c, r = (
+            batch[k] for k in ("input_ids", "attention_mask", "response_mask", "chosen", "rejected")
+        )
+        w1 = max(self.cfg.fixed_weights[0], self.cfg.modpo_min_w1)
+        logp, ref = self._logprobs(model, ids, attn, resp, self.weights(step).to(ids.device), batch.get("ref"))
+        shifted = ref[c] + batch["margin"].to(logp.dtype) / self.cfg.beta
+        per_pair, _ = dpo(logp[c], logp[r], shifted, ref[r], self.cfg.beta / w1, reduction="none")
+        return self._sums(step, batch, logp[c] - ref[c], logp[r] - ref[r], per_pair)
+
+    def combine(self, losses, step):
+        return losses[0]
+
+
+def modpo_margins(single_models, base, train_set: PreferenceSet, cfg: LLMConfig, progress: bool = False):
+    """sum_{k>1} w_k (Delta log pi_k) per record, before the reference is known: the objectives' own
+    policies (folders, in objective order from the second) scored one at a time on the base, then unloaded."""
+    from peft import PeftModel
+
+    w = np.asarray(cfg.fixed_weights, dtype=np.float64)
+    if len(single_models) != len(w) - 1:
+        raise ValueError(f"MO-DPO needs one single-objective policy per objective after the first ({len(w) - 1})")
+    total = np.zeros(len(train_set))
+    for k, folder in enumerate(single_models, start=1):
+        with peft_wrapping():
+            lora = PeftModel.from_pretrained(base, str(folder))
+        single = HPTModel.from_pretrained(lora, folder).set_compute(cfg.precision, cfg.attention).eval()
+        e_k = torch.eye(len(w))[k]  # an unconditioned policy ignores w; its prompt module still takes one
+        lp = sequence_scores(single, train_set, e_k, max_tokens=cfg.max_tokens, progress=progress, desc=f"MO-DPO {k}")
+        total += w[k] * (lp[train_set.chosen] - lp[train_set.rejected])
+        lora.unload()
+    return total
+
+
 def finetune_llm(
     data: str,
     out,
@@ -381,12 +440,15 @@ def finetune_llm(
     accelerator: Accelerator | None = None,
     base=None,
     reference_file=None,
+    single_models=None,
     log=print,
 ) -> tuple[HPTModel, dict]:
     """Fine-tune ``cfg.model`` on the preference data ``data`` (``OBJ=PATH,...`` or a PKU path).
 
     ``base`` = (model, tokenizer) skips loading ``cfg.model`` (tests, the demo, comparisons);
     ``reference_file`` shares one reference cache between runs on the same data.
+    ``method="modpo"`` needs ``single_models``: the policy folders of objectives 2..K alone
+    (``--weights`` e_k), whose implicit rewards become the margins.
     """
     out = Path(out)
     prepare_out(out, resume, overwrite, POLICY_FILE)
@@ -398,13 +460,17 @@ def finetune_llm(
     start_run(out, acc, "llm finetune", {"data": data, "format": fmt}, cfg)
     if cfg.fixed_weights is not None:
         check_simplex(cfg.fixed_weights, len(objectives))
+    # one w: the pairs of objectives it weights by 0 leave training (the reference cache still serves every w);
+    # MO-DPO learns from the first objective's pairs alone
+    keep = np.arange(len(train_set))
+    if cfg.method == "modpo":
+        keep = np.flatnonzero(train_set.objective == 0)
+        single_diff = modpo_margins(single_models or [], model, train_set, cfg, cfg.progress)
+    elif cfg.fixed_weights is not None:
+        keep = np.flatnonzero(np.asarray(cfg.fixed_weights)[train_set.objective] > 0)
     set_seed(cfg.seed)
     policy = build_policy(model, cfg, len(objectives)).to(acc.device)
     reference_file = Path(reference_file) if reference_file else out / REFERENCE_FILE
-    # one w: the pairs of objectives it weights by 0 leave training (the reference cache still serves every w)
-    keep = np.arange(len(train_set))
-    if cfg.fixed_weights is not None:
-        keep = np.flatnonzero(np.asarray(cfg.fixed_weights)[train_set.objective] > 0)
     needed = reference_batches(train_set, keep, cfg)
     t0 = time.perf_counter()
     scored = reference_logprobs(
@@ -416,6 +482,15 @@ def finetune_llm(
         batches={"train": needed},
     )
     reference_seconds = time.perf_counter() - t0
+    if cfg.method == "modpo":
+        if (
+            train_set.ref is None
+            or np.isnan(train_set.ref[np.r_[train_set.chosen[keep], train_set.rejected[keep]]]).any()
+        ):
+            train_set.ref = sequence_scores(policy, train_set, reference=True, max_tokens=cfg.max_tokens)
+        ref_diff = train_set.ref[train_set.chosen] - train_set.ref[train_set.rejected]
+        weighted = np.asarray(cfg.fixed_weights)[1:].sum()
+        train_set.margin = cfg.beta * (single_diff - weighted * ref_diff)
     train_set = train_set.subset(keep) if cfg.fixed_weights is not None else train_set
     if acc.is_main_process:
         log(report.summary())
@@ -431,7 +506,7 @@ def finetune_llm(
         )
     state = train(
         policy,
-        PreferenceTask(cfg, vali),
+        (MODPOTask if cfg.method == "modpo" else PreferenceTask)(cfg, vali),
         train_set,
         cfg,
         out,

@@ -6,10 +6,15 @@
 - ``soup`` (DPO Soup): K single-objective policies (LoRA + plain prompt);
   for w, the LoRA weight updates are mixed as sum_k w_k B_k A_k (PEFT's
   ``add_weighted_adapter`` with ``combination_type="cat"``, which is exactly
-  that sum, not a mix of A and B separately) and the prompts as sum_k w_k P_k.
+  that sum, not a mix of A and B separately) and the prompts as sum_k w_k P_k;
+- ``modpo`` (MO-DPO): one policy per grid weight, trained on the first
+  objective's pairs with the other objectives' single-objective policies'
+  implicit rewards as margins.
 
 Every model trains through ``finetune_llm`` with the same settings and step
-budget; ``train_seconds`` sums the wall time of all training a front needs.
+budget; ``train_seconds`` sums the wall time of all training a front needs
+(the single-objective policies that Soup and MO-DPO share are trained once,
+and counted in each method's time).
 """
 
 from __future__ import annotations
@@ -29,14 +34,16 @@ from ..simplex import weight_grid
 from .compare import METHOD_NAMES, check_methods, picture
 from .llm import LLMConfig, finetune_llm, load_split, reference_logprobs
 
-LLM_COMPARE_METHODS = ("wcos", "ls", "soup")
+LLM_COMPARE_METHODS = ("wcos", "ls", "soup", "modpo")
 
 
 @dataclass
 class LLMCompareConfig:
     train: LLMConfig  # every model's settings; method must stay wcos
     methods: tuple[str, ...] = option(
-        LLM_COMPARE_METHODS, "Any of wcos (Weight-COS-DPO), ls (DPO-LS), soup (DPO Soup).", panel="Method"
+        LLM_COMPARE_METHODS,
+        "Any of wcos (Weight-COS-DPO), ls (DPO-LS), soup (DPO Soup), modpo (MO-DPO).",
+        panel="Method",
     )
     grid: int | None = option(
         5, "Evaluation grid (K = 2: N evenly spaced weights); DPO-LS trains one policy per weight.", panel="Evaluation"
@@ -45,8 +52,8 @@ class LLMCompareConfig:
 
     def __post_init__(self):
         self.methods = check_methods(self.methods, LLM_COMPARE_METHODS, self.train.method)
-        if "soup" in self.methods and not self.train.lora_rank:
-            raise ValueError("DPO Soup mixes LoRA updates: it needs --lora-rank >= 1")
+        if {"soup", "modpo"} & set(self.methods) and not self.train.lora_rank:
+            raise ValueError("DPO Soup and MO-DPO load single-objective LoRAs: they need --lora-rank >= 1")
         if self.grid is not None and self.grid < 2:
             raise ValueError("grid must be >= 2")
 
@@ -85,9 +92,9 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
     grid = weight_grid(K, cfg.grid, "lattice", cfg.train.seed)
     fronts = {}
 
-    def run(name, train_cfg):
-        """Train one model; its seconds are the loop's training time (the shared reference cache,
-        made by the first run, is preprocessing and counted for no method)."""
+    def run(name, train_cfg, **kwargs):
+        """Train one model, scored at w on the test pairs; its seconds are the loop's training time (the
+        shared reference cache, made by the first run, is preprocessing and counted for no method)."""
         policy, metrics = finetune_llm(
             data,
             out / "models" / name,
@@ -97,40 +104,52 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
             base=(base, tokenizer),
             reference_file=out / "reference_logprobs.safetensors",
             log=log,
+            **kwargs,
         )
-        return policy, metrics, metrics["train_seconds"]
+        if test.ref is None:
+            reference_logprobs(policy, {"test": test}, cfg.train, None, cfg.train.progress)
+        return policy, metrics
+
+    def fixed(method, w):
+        return replace(cfg.train, method=method, fixed_weights=tuple(float(x) for x in w), lora_mix=False)
+
+    singles = {}
+
+    def single(k):
+        """Objective k's own policy (Soup and MO-DPO share it): (folder, seconds, trainable parameters)."""
+        if k not in singles:
+            policy, m = run(f"single-{k}", fixed("ls", np.eye(K)[k]))
+            _unload(policy)
+            singles[k] = (out / "models" / f"single-{k}", m["train_seconds"], m["trainable_params"])
+        return singles[k]
 
     for method in cfg.methods:
         log(f"== {METHOD_NAMES[method]}")
         if method == "wcos":
-            policy, m, seconds = run("wcos", cfg.train)
-            if test.ref is None:
-                reference_logprobs(policy, {"test": test}, cfg.train, None, cfg.train.progress)
+            policy, m = run("wcos", cfg.train)
             scores = [sequence_scores(policy, test, torch.tensor(w, dtype=torch.float32)) for w in grid]
-            n_params, n_models = m["trainable_params"], 1
+            seconds, n_params, n_models = m["train_seconds"], m["trainable_params"], 1
             _unload(policy)
-        else:
-            ws = grid if method == "ls" else np.eye(K)
-            seconds, n_params, dirs, singles = 0.0, 0, [], {}
-            for i, w in enumerate(ws):
-                name = f"{method}-{i}"
-                policy, m, s = run(name, replace(cfg.train, method="ls", fixed_weights=tuple(w), lora_mix=False))
-                seconds, n_params = seconds + s, n_params + m["trainable_params"]
-                dirs.append(out / "models" / name)
-                if test.ref is None:
-                    reference_logprobs(policy, {"test": test}, cfg.train, None, cfg.train.progress)
-                if method == "ls":
-                    singles[i] = sequence_scores(policy, test, torch.tensor(w, dtype=torch.float32))
+        elif method == "soup":
+            parts = [single(k) for k in range(K)]
+            seconds, n_params, n_models = sum(p[1] for p in parts), sum(p[2] for p in parts), K
+            scores = []
+            for w in grid:
+                mixed = soup_policy([p[0] for p in parts], w, base).set_compute(
+                    cfg.train.precision, cfg.train.attention
+                )
+                scores.append(sequence_scores(mixed, test, torch.tensor(w, dtype=torch.float32)))
+                mixed.model.unload()
+        else:  # ls, modpo: one policy per grid weight
+            parts = [single(k) for k in range(1, K)] if method == "modpo" else []
+            seconds, n_params, n_models = sum(p[1] for p in parts), sum(p[2] for p in parts), len(grid) + len(parts)
+            extra = {"single_models": [p[0] for p in parts]} if method == "modpo" else {}
+            scores = []
+            for i, w in enumerate(grid):
+                policy, m = run(f"{method}-{i}", fixed(method, w), **extra)
+                seconds, n_params = seconds + m["train_seconds"], n_params + m["trainable_params"]
+                scores.append(sequence_scores(policy, test, torch.tensor(w, dtype=torch.float32)))
                 _unload(policy)
-            if method == "ls":
-                scores = [singles[i] for i in range(len(grid))]
-            else:
-                scores = []
-                for w in grid:
-                    mixed = soup_policy(dirs, w, base).set_compute(cfg.train.precision, cfg.train.attention)
-                    scores.append(sequence_scores(mixed, test, torch.tensor(w, dtype=torch.float32)))
-                    mixed.model.unload()
-            n_models = len(ws)
         table = {tuple(w): s for w, s in zip(map(tuple, grid), scores)}
         fronts[method] = preference_front(test, grid, lambda w, t=table: t[tuple(w)], cfg.train.beta) | {
             "train_seconds": round(seconds, 3),

@@ -1,6 +1,7 @@
 """``cosdpo llm score``: answers at each w scored by reward models and functions, checked against direct calls."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -97,3 +98,40 @@ def test_prompts_from_a_file(scored, tmp_path):
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in (tmp_path / "o" / "generations.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows[:2]] == ["why is the sky blue", "hello there"] and len(rows) == 2 * 4
+
+
+def test_export_at_a_fixed_w_is_a_plain_peft_lora_with_the_same_logits(scored, tmp_path):
+    """PEFT alone loads the export; with the saved prefix before the prompt, its logits are the policy's at w."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from cosdpo import load_policy
+    from cosdpo.data.tokenize import prompt_ids
+
+    root, _, _ = scored
+    r = runner.invoke(
+        app, ["llm", "export", "--model", str(root / "p"), "--weights", "0.3,0.7", "--out", str(tmp_path / "x")]
+    )
+    assert r.exit_code == 0, r.output
+    policy, tokenizer, info = load_policy(root / "p")
+    assert policy.cfg.lora_mix  # the default: the export folds w into the LoRA
+    ids = torch.tensor([prompt_ids(tokenizer, "the cat sat")])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        ours = policy(ids, mask, torch.tensor([0.3, 0.7]))
+        with warnings.catch_warnings():  # PEFT's own deprecation warning about transformers, not ours
+            warnings.simplefilter("ignore", FutureWarning)
+            plain = PeftModel.from_pretrained(
+                AutoModelForCausalLM.from_pretrained(info["base_model"]), str(tmp_path / "x")
+            )
+        prefix = load_file(str(tmp_path / "x" / "prefix.safetensors"))["prefix"]
+        embeds = torch.cat([prefix[None], plain.get_input_embeddings()(ids)], dim=1)
+        theirs = plain(inputs_embeds=embeds).logits[:, prefix.shape[0] :]
+        other = policy(ids, mask, torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+    assert (other - ours).abs().max() > 1e-3  # w matters: the test can fail
+    card = (tmp_path / "x" / "README.md").read_text()
+    assert "library_name: peft" in card and "0.3,0.7" in card
+    assert "cosdpo llm generate" in (root / "p" / "README.md").read_text()

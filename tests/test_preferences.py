@@ -22,6 +22,26 @@ def test_pku_rows_judge_both_objectives():
         assert p.prompt == ({"role": "user", "content": row["prompt"].strip()},)
 
 
+@requires_shared(PKU)
+def test_pku_safety_contrast_keeps_harmless_pairs_of_one_safe_and_one_unsafe_answer(tmp_path):
+    rows = [json.loads(line) for line in open(PKU)]
+    # the shared rows, then the same rows with one answer flagged unsafe, then one without flags
+    flipped = [r | {"is_response_0_safe": True, "is_response_1_safe": False} for r in rows]
+    bare = {k: v for k, v in rows[0].items() if not k.startswith("is_response")}
+    path = tmp_path / "pku.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, *flipped, bare]))
+    contrast = [i + 1 for i, r in enumerate(rows) if r["is_response_0_safe"] != r["is_response_1_safe"]]
+    pairs, report = load_preferences(path, "pku", pku_filter="safety-contrast")
+    harmless = sorted(int(p.source.rsplit(":", 1)[1]) for p in pairs if p.objective == "harmless")
+    assert harmless == contrast + list(range(len(rows) + 1, 2 * len(rows) + 1))
+    assert report.kept["helpful"] == 2 * len(rows) + 1  # helpful pairs never filtered
+    assert report.skipped["harmless pair left out: both answers equally safe (safety-contrast)"] == len(rows) - len(
+        contrast
+    )
+    assert report.skipped["harmless pair without is_response_0_safe / is_response_1_safe flags"] == 1
+    assert load_preferences(path, "pku")[1].kept["harmless"] == 2 * len(rows) + 1  # none: every row's pair
+
+
 @requires_shared(HH / "helpful.jsonl.gz")
 def test_hh_prompt_is_the_shared_prefix():
     pairs, report = load_preferences(HH / "helpful.jsonl.gz", "hh", "helpful")

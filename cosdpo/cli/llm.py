@@ -294,6 +294,26 @@ def llm_generate(
         typer.echo(t)
 
 
+@llm_app.command("export")
+@friendly
+def llm_export(
+    model: Path = typer.Option(..., "--model", help="Policy folder (from llm finetune)."),
+    weights: str = typer.Option(..., help="The trade-off w to fold in, e.g. 0.3,0.7."),
+    out: Path = OutOpt,
+):
+    """Write a plain PEFT LoRA at one fixed w (w folded into the LoRA, the prompt prefix saved beside it)."""
+    from ..models.export import export_lora
+    from ..models.llm import load_policy, read_policy_info
+
+    w = floats(weights, "--weights")
+    info = read_policy_info(model)
+    if len(w) != len(info["objectives"]):
+        raise ValueError(f"--weights has {len(w)} entries; the policy has objectives {info['objectives']}")
+    policy, tokenizer, info = load_policy(model)
+    export_lora(policy, tokenizer, info, w, out)
+    typer.echo(f"wrote {out}: a PEFT adapter at w = {w}, {out / 'prefix.safetensors'} and README.md")
+
+
 @llm_app.command("demo")
 @friendly
 def llm_demo(

@@ -10,6 +10,11 @@ first few places named, never dropped silently.
 Formats:
 - ``pku``: PKU-SafeRLHF jsonl; each row judges both objectives:
   ``better_response_id`` -> helpful, ``safer_response_id`` -> harmless.
+  ``pku_filter="safety-contrast"`` keeps a row's harmless pair only when its
+  ``is_response_0_safe`` / ``is_response_1_safe`` flags differ (one safe
+  answer against one unsafe one), the filter safety-alignment work applies
+  to PKU-SafeRLHF; the helpful pairs stay. ``none`` (the paper's setting)
+  keeps both pairs of every row.
 - ``hh``: Anthropic HH-RLHF jsonl (optionally .gz), one objective per file;
   ``chosen``/``rejected`` are whole dialogues, and the prompt is their shared
   prefix up to the last "Assistant:" turn.
@@ -30,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 FORMATS = ("pku", "hh", "jsonl")
+PKU_FILTERS = ("none", "safety-contrast")
 PKU_OBJECTIVES = {"helpful": "better_response_id", "harmless": "safer_response_id"}
 SHORTENED = "with the prompt cut to its last turns to fit max_length"
 _TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -203,7 +209,9 @@ def _check_format(fmt: str | None, objective: str | None):
         raise ValueError(f"a {fmt} file is judged on one objective: name it (e.g. helpful=PATH)")
 
 
-def load_preferences(path, fmt: str | None = None, objective: str | None = None, report: LoadReport | None = None):
+def load_preferences(
+    path, fmt: str | None = None, objective: str | None = None, report: LoadReport | None = None, pku_filter="none"
+):
     """Read one file (or ``hf:NAME[@SPLIT]``) into ``PreferencePair`` records; returns (pairs, report).
 
     ``fmt`` None detects the format from the first row of a file.
@@ -247,6 +255,14 @@ def load_preferences(path, fmt: str | None = None, objective: str | None = None,
                 if row[key] not in (0, 1) or isinstance(row[key], bool):
                     report.skip(f"{key} is not 0 or 1", where)
                     continue
+                if obj == "harmless" and pku_filter == "safety-contrast":
+                    flags = [row.get(f"is_response_{i}_safe") for i in (0, 1)]
+                    if not all(isinstance(f, bool) for f in flags):
+                        report.skip("harmless pair without is_response_0_safe / is_response_1_safe flags", where)
+                        continue
+                    if flags[0] == flags[1]:
+                        report.skip("harmless pair left out: both answers equally safe (safety-contrast)", where)
+                        continue
                 good, bad = row[f"response_{row[key]}"], row[f"response_{1 - row[key]}"]
                 _keep(pairs, report, obj, prompt, good, bad, where)
         elif fmt == "hh":
@@ -279,12 +295,14 @@ def load_preferences(path, fmt: str | None = None, objective: str | None = None,
     return pairs, report
 
 
-def load_many(spec: str, fmt: str | None = None):
+def load_many(spec: str, fmt: str | None = None, pku_filter: str = "none"):
     """``helpful=a.jsonl,harmless=b.jsonl`` or one PKU-SafeRLHF path -> (pairs, objectives, report)."""
+    if pku_filter not in PKU_FILTERS:
+        raise ValueError(f"pku_filter must be one of {', '.join(PKU_FILTERS)}; got {pku_filter!r}")
     report, pairs, objectives = LoadReport(), [], []
     for objective, path in parse_data_spec(spec):
         before = Counter(report.skipped)
-        got, _ = load_preferences(path, fmt, objective, report)
+        got, _ = load_preferences(path, fmt, objective, report, pku_filter)
         if not got:
             reasons = "; ".join(f"{n} rows: {r}" for r, n in (report.skipped - before).most_common()) or "no rows"
             raise ValueError(f"{path}: no usable preference pairs ({reasons}); is --format right?")

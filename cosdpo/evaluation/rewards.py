@@ -110,7 +110,7 @@ def parse_rewards(text: str, objectives) -> dict[str, str]:
 
 def held_out_prompts(data: str, info: dict, fmt: str | None = None, max_prompts: int | None = None, split="held-out"):
     """The distinct prompts training kept out (same data, fraction and seed as in policy.json), in order."""
-    pairs, _, _ = load_many(data, fmt)
+    pairs, _, _ = load_many(data, fmt, info["config"].get("pku_filter", "none"))
     if split == "held-out":
         cfg = info["config"]
         _, pairs = split_pairs(pairs, cfg["held_out"], cfg["split_seed"])

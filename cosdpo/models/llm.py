@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_dir, check_format, write_json
+from ..atomic import atomic_dir, atomic_file, check_format, write_json
 from ..data.tokenize import use_prompt_template
 
 DEFAULT_MODEL = "smollm2"
@@ -199,7 +199,17 @@ def save_policy(policy, tokenizer, out_dir, info: dict):
                 os.replace(f, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    write_model_card(out_dir, info)
     write_json(out_dir / POLICY_FILE, info)
+
+
+def write_model_card(model_dir, info: dict, front: dict | None = None):
+    """README.md of a policy folder: what it is, how to call it, and its front once measured."""
+    from .export import front_of, model_card
+
+    text = model_card(info, front or front_of(model_dir))
+    with atomic_file(Path(model_dir) / "README.md", "w") as f:
+        f.write(text)
 
 
 def read_policy_info(model_dir) -> dict:

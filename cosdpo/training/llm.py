@@ -27,7 +27,7 @@ from accelerate.utils import set_seed
 
 from ..atomic import write_json
 from ..config import from_dict, option, redefault, to_dict
-from ..data.preferences import load_many, split_pairs
+from ..data.preferences import PKU_FILTERS, load_many, split_pairs
 from ..data.tokenize import PROMPT_TEMPLATE_CHOICES, PreferenceSet, use_prompt_template
 from ..evaluation.plot import plot_fronts
 from ..evaluation.preference import preference_front, sequence_scores
@@ -43,6 +43,7 @@ from ..models.llm import (
     peft_wrapping,
     read_policy_info,
     save_policy,
+    write_model_card,
 )
 from ..models.ranker import count_trainable
 from ..simplex import check_simplex, draw_weights, weight_grid
@@ -115,6 +116,13 @@ class LLMConfig(TrainConfig):
     )
     prompt_lr: float = option(
         5e-3, "Learning rate of the Hyper Prompt (0: --lr); prompt tuning wants a larger one than LoRA."
+    )
+    pku_filter: str = option(
+        "none",
+        "PKU-SafeRLHF: none (both pairs of every row, the paper) or safety-contrast (a harmless pair only "
+        "where one answer is flagged safe and the other unsafe).",
+        choices=PKU_FILTERS,
+        panel="Data and output",
     )
     max_length: int = option(512, "Tokens per prompt + response.", panel="Data and output")
     truncate_prompt: bool = option(
@@ -212,7 +220,7 @@ def load_splits(data: str, tokenizer, cfg: LLMConfig, fmt: str | None = None, sp
     the loaders skipped and, in the splits read, the pairs over ``max_length``
     and those kept by cutting their prompt.
     """
-    pairs, found, report = load_many(data, fmt)
+    pairs, found, report = load_many(data, fmt, cfg.pku_filter)
     objectives = list(cfg.objectives) or found
     unknown = [o for o in objectives if o not in found]
     if unknown:
@@ -602,6 +610,7 @@ def write_front(
     }
     out = Path(out)
     write_json(out / "front.json", front)
+    write_model_card(model_dir, read_policy_info(model_dir), front)  # the policy's card shows its measured front
     plot_fronts(
         {f"Weight-COS-DPO (HPT + LoRA), beta={cfg.beta}": front},
         out / "front.png",

@@ -102,3 +102,20 @@ def test_compare_writes_every_method_side_by_side(tiny_fold, tiny_base, tmp_path
     assert "DPO-LS" in format_table(result) and "hypervolume" in format_table(result)
     with pytest.raises(FileExistsError):
         compare(tiny_fold, tiny_base, tmp_path / "c", CompareConfig(FinetuneConfig(**FT), grid=5))
+    # the same budget per model: every model makes as many steps as the conditioned one
+    assert (
+        m["ls"]["train_steps"] == 5 * m["wcos"]["train_steps"]
+        and m["soup"]["train_steps"] == 2 * m["wcos"]["train_steps"]
+    )
+    assert m["modpo"]["train_steps"] == 7 * m["wcos"]["train_steps"] and "same training budget" in saved["budget_rule"]
+
+
+def test_budget_ratio_sizes_the_conditioned_model_by_the_baselines_steps(tiny_fold, tiny_base, tmp_path):
+    cfg = CompareConfig(FinetuneConfig(**FT), methods=("wcos", "ls"), grid=3, budget_ratio=0.5)
+    saved = compare(tiny_fold, tiny_base, tmp_path / "c", cfg)
+    m = saved["methods"]
+    assert list(m) == ["wcos", "ls"] and m["wcos"]["train_steps"] == round(0.5 * m["ls"]["train_steps"])
+    assert "0.5 of the baselines' total optimizer steps" in saved["budget_rule"]
+    for bad, words in (({"budget_ratio": 0.0}, "> 0"), ({"budget_ratio": 0.3, "methods": ("wcos",)}, "at least one")):
+        with pytest.raises(ValueError, match=words):
+            CompareConfig(FinetuneConfig(**FT), **({"grid": 3} | bad))

@@ -576,14 +576,21 @@ def test_modpo_with_one_objective_is_dpo(tiny_llm, tiny_pairs, tmp_path):
 
 
 def test_compare_runs_every_baseline_and_shares_the_single_objective_policies(tiny_llm, tiny_pairs, tmp_path):
-    from cosdpo.training.llm_compare import LLMCompareConfig, compare_llm
+    from typer.testing import CliRunner
 
-    cfg = LLMCompareConfig(cfg_for(tiny_llm, max_steps=1), methods=("wcos", "ls", "soup", "modpo"), grid=3)
-    result = compare_llm(tiny_pairs, tmp_path / "c", cfg, log=quiet)
-    methods = result["methods"]
+    from cosdpo.cli import app
+
+    fast = "--batch-size 8 --held-out 0.25 --lora-rank 4 --prompt-tokens 2 --no-progress --lr 1e-2 --no-lora-mix"
+    args = ["llm", "compare", "--model", str(tiny_llm), "--data", tiny_pairs, "--out", str(tmp_path / "c")]
+    r = CliRunner().invoke(
+        app, [*args, "--methods", "wcos,ls,soup,modpo", "--grid", "3", "--max-steps", "1", *fast.split()]
+    )
+    assert r.exit_code == 0, r.output
+    methods = json.loads((tmp_path / "c" / "compare.json").read_text())["methods"]
     assert set(methods) == {"wcos", "ls", "soup", "modpo"}
     assert methods["modpo"]["models_trained"] == 3 + 1 and methods["soup"]["models_trained"] == 2
     models = sorted(p.name for p in (tmp_path / "c" / "models").iterdir())
     assert models == ["ls-0", "ls-1", "ls-2", "modpo-0", "modpo-1", "modpo-2", "single-0", "single-1", "wcos"]
     for m in methods.values():
         assert len(m["points"]) == 3 and 0 <= m["hypervolume"] <= 1
+    assert [methods[m]["train_steps"] for m in ("wcos", "ls", "soup", "modpo")] == [1, 3, 2, 4]

@@ -54,6 +54,7 @@ def _compare(given, values):
     train = from_dict(FinetuneConfig, values["train"], "ltr compare")
     cfg = from_dict(CompareConfig, values["compare"] | {"train": train, "overwrite": given["overwrite"]}, "ltr compare")
     out = Path(given["out"])
+    typer.echo(f"budget: {cfg.budget_rule()}")
     result = compare(given["data"], given["base"], out, cfg)
     typer.echo(format_table(result))
     typer.echo(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")

@@ -82,6 +82,11 @@ def model_card(info: dict, front: dict | None = None, exported_at=None) -> str:
             "logits = model(inputs_embeds=embeds).logits[:, prefix.shape[0]:]",
             "```",
         ]
+    lines += [
+        "",
+        "Every training option is in `policy.json` (`config`); `cosdpo llm finetune --config run.yaml` "
+        "repeats the run from the run folder's `run.yaml`.",
+    ]
     best = info.get("training", {}).get("best_val")
     if best is not None and exported_at is None:
         lines += ["", f"Validation during training: {best:.4f} (hypervolume of held-out preference accuracy)."]

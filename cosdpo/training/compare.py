@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..atomic import write_json
-from ..config import RUN_FILE, check_choices, comparison_values, option, write_run_config
+from ..config import RUN_FILE, check_choices, check_finite, comparison_values, option, write_run_config
 from ..data.groups import RankingSet
 from ..data.letor import load_split
 from ..evaluation.front import front_from_scores, score_base, score_conditioned
@@ -62,12 +62,32 @@ class CompareConfig:
         None, "Grid size: K = 2, N evenly spaced weights (11); K > 2, at most N (50).", panel="Evaluation"
     )
     grid_kind: str = option("lattice", "K > 2: lattice or dirichlet.", choices=GRID_KINDS, panel="Evaluation")
+    budget_ratio: float | None = option(
+        None,
+        "Weight-COS-DPO's optimizer steps as this fraction of the baselines' total steps (0.3: the paper's time "
+        "ratio), trained to the end; unset: the same budget as each baseline model.",
+        panel="Method",
+    )
     overwrite: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         check_choices(self)
+        check_finite(self)
         self.methods = check_methods(self.methods, METHOD_NAMES, self.train.method)
+        if self.budget_ratio is not None:
+            if not self.budget_ratio > 0:
+                raise ValueError(f"budget_ratio must be > 0, got {self.budget_ratio}")
+            if "wcos" not in self.methods or len(self.methods) < 2:
+                raise ValueError("--budget-ratio sizes Weight-COS-DPO by the baselines: compare wcos with at least one")
+
+    def budget_rule(self) -> str:
+        if self.budget_ratio is None:
+            return "every model (each baseline model, and the one conditioned model) gets the same training budget"
+        return (
+            f"each baseline model gets the training budget; Weight-COS-DPO gets {self.budget_ratio:g} of the "
+            "baselines' total optimizer steps, with no early stop"
+        )
         weight_grid(len(self.train.objectives), self.grid, self.grid_kind, self.train.seed)  # fails early
 
 
@@ -93,9 +113,11 @@ def compare(data, base_dir, out, cfg: CompareConfig) -> dict:
 
     singles: list = []  # (model, seconds) of the K single-objective models
 
+    steps: dict = {}  # model name -> optimizer steps
+
     def run(name, **changes):
         t0 = time.perf_counter()
-        model, _ = finetune(
+        model, metrics = finetune(
             data,
             base_dir,
             out / name,
@@ -103,6 +125,7 @@ def compare(data, base_dir, out, cfg: CompareConfig) -> dict:
             overwrite=True,
             single_models=[m for m, _ in singles] or None,
         )
+        steps[name] = metrics["steps"]
         return model, time.perf_counter() - t0
 
     def fixed(name, w, **more):
@@ -114,9 +137,15 @@ def compare(data, base_dir, out, cfg: CompareConfig) -> dict:
 
     test = None
     fronts = {}
-    for method in cfg.methods:
+    # with a budget ratio, the baselines train first: their total steps size Weight-COS-DPO's budget
+    order = sorted(cfg.methods, key=lambda m: m == "wcos") if cfg.budget_ratio is not None else cfg.methods
+    for method in order:
+        before = set(steps)
         if method == "wcos":
-            model, seconds = run("wcos")
+            budget = {}
+            if cfg.budget_ratio is not None:
+                budget = {"max_steps": max(1, round(cfg.budget_ratio * sum(steps.values()))), "patience": 0}
+            model, seconds = run("wcos", **budget)
             models, n_params, n_models = [model], count_trainable(model), 1
         elif method == "ls":
             trained = [fixed(f"ls/{i:02d}", w) for i, w in enumerate(grid)]
@@ -139,7 +168,9 @@ def compare(data, base_dir, out, cfg: CompareConfig) -> dict:
             scores = score_conditioned(models[0], test, grid, base)
         else:
             scores = np.stack([score_conditioned(m, test, [w], base)[0] for m, w in zip(models, grid)])
+        shared = [f"single/{o}" for o in cfg.train.objectives] if method in ("soup", "modpo") else []
         fronts[method] = front_from_scores(test, grid, scores, base, cfg.train.objectives, cfg.train.k) | {
+            "train_steps": int(sum(steps[n] for n in (set(steps) - before) | set(shared) if n in steps)),
             "train_seconds": round(seconds, 3),
             "trainable_params": int(n_params),
             "models_trained": n_models,
@@ -147,8 +178,11 @@ def compare(data, base_dir, out, cfg: CompareConfig) -> dict:
     result = {
         "objectives": list(cfg.train.objectives),
         "weights": grid.tolist(),
-        "methods": fronts,
-        "settings": asdict(cfg.train) | {"methods": list(cfg.methods), "grid": len(grid)} | cfg.extra,
+        "budget_rule": cfg.budget_rule(),
+        "methods": {m: fronts[m] for m in cfg.methods},
+        "settings": asdict(cfg.train)
+        | {"methods": list(cfg.methods), "grid": len(grid), "budget_ratio": cfg.budget_ratio}
+        | cfg.extra,
     }
     write_json(out / "compare.json", result)
     picture(result, out / "compare.png")
@@ -158,6 +192,7 @@ def compare(data, base_dir, out, cfg: CompareConfig) -> dict:
 ROWS = (
     ("hypervolume", "{:.4g}"),
     ("main NDCG@10", "{:.4f} +- {:.4f}"),
+    ("train steps", "{:,}"),
     ("train seconds", "{:.1f}"),
     ("trainable params", "{:,}"),
     ("models trained", "{}"),
@@ -167,8 +202,11 @@ ROWS = (
 def _cell(front: dict, name: str):
     if name == "main NDCG@10":
         return None if "main_ndcg" not in front else (front["main_ndcg"]["mean"], front["main_ndcg"]["std"])
+    if name == "train steps" and "train_steps" not in front:
+        return None
     key = {
         "hypervolume": "hypervolume",
+        "train steps": "train_steps",
         "train seconds": "train_seconds",
         "trainable params": "trainable_params",
         "models trained": "models_trained",

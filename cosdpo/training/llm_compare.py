@@ -120,7 +120,7 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
         if k not in singles:
             policy, m = run(f"single-{k}", fixed("ls", np.eye(K)[k]))
             _unload(policy)
-            singles[k] = (out / "models" / f"single-{k}", m["train_seconds"], m["trainable_params"])
+            singles[k] = (out / "models" / f"single-{k}", m["train_seconds"], m["trainable_params"], m["steps"])
         return singles[k]
 
     for method in cfg.methods:
@@ -128,11 +128,12 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
         if method == "wcos":
             policy, m = run("wcos", cfg.train)
             scores = [sequence_scores(policy, test, torch.tensor(w, dtype=torch.float32)) for w in grid]
-            seconds, n_params, n_models = m["train_seconds"], m["trainable_params"], 1
+            seconds, n_params, n_models, n_steps = m["train_seconds"], m["trainable_params"], 1, m["steps"]
             _unload(policy)
         elif method == "soup":
             parts = [single(k) for k in range(K)]
             seconds, n_params, n_models = sum(p[1] for p in parts), sum(p[2] for p in parts), K
+            n_steps = sum(p[3] for p in parts)
             scores = []
             for w in grid:
                 mixed = soup_policy([p[0] for p in parts], w, base).set_compute(
@@ -143,15 +144,18 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
         else:  # ls, modpo: one policy per grid weight
             parts = [single(k) for k in range(1, K)] if method == "modpo" else []
             seconds, n_params, n_models = sum(p[1] for p in parts), sum(p[2] for p in parts), len(grid) + len(parts)
+            n_steps = sum(p[3] for p in parts)
             extra = {"single_models": [p[0] for p in parts]} if method == "modpo" else {}
             scores = []
             for i, w in enumerate(grid):
                 policy, m = run(f"{method}-{i}", fixed(method, w), **extra)
                 seconds, n_params = seconds + m["train_seconds"], n_params + m["trainable_params"]
+                n_steps += m["steps"]
                 scores.append(sequence_scores(policy, test, torch.tensor(w, dtype=torch.float32)))
                 _unload(policy)
         table = {tuple(w): s for w, s in zip(map(tuple, grid), scores)}
         fronts[method] = preference_front(test, grid, lambda w, t=table: t[tuple(w)], cfg.train.beta) | {
+            "train_steps": int(n_steps),
             "train_seconds": round(seconds, 3),
             "trainable_params": int(n_params),
             "models_trained": n_models,
@@ -159,6 +163,7 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
     result = {
         "objectives": objectives,
         "weights": grid.tolist(),
+        "budget_rule": "every model (each baseline model, and the one conditioned model) gets the same training budget",
         "methods": fronts,
         "settings": {
             "methods": list(cfg.methods),

@@ -50,7 +50,7 @@ def pairs_for(path, tokenizer, n, length):
     raise SystemExit("not enough short pairs")
 
 
-def time_trl(model_name, rows, batch, length, steps, checkpointing):
+def time_trl(model_name, rows, batch, length, steps, checkpointing, device="cpu", precision="fp32"):
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -74,8 +74,8 @@ def time_trl(model_name, rows, batch, length, steps, checkpointing):
         max_length=length,
         beta=0.1,
         learning_rate=5e-4,
-        use_cpu=True,
-        bf16=False,
+        use_cpu=device == "cpu",
+        bf16=precision == "bf16",
         report_to=[],
         save_strategy="no",
         logging_strategy="no",
@@ -97,7 +97,7 @@ def time_trl(model_name, rows, batch, length, steps, checkpointing):
     return times
 
 
-def time_ours(model_name, rows, batch, length, steps):
+def time_ours(model_name, rows, batch, length, steps, precision="fp32"):
     import json
     import tempfile
 
@@ -120,6 +120,7 @@ def time_ours(model_name, rows, batch, length, steps):
         lora_mix=False,
         weight_sampling="step",
         prompt_lr=0.0,
+        precision=precision,
     )
     times, reference = [], []
     import cosdpo.training.llm as llm
@@ -151,6 +152,8 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--trl-checkpointing", action="store_true", help="keep TRL's default gradient checkpointing")
     ap.add_argument("--data", default=str(HELPFUL), help="HH-RLHF pairs (jsonl, gzipped or not)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: both trainers on the GPU")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="both trainers' precision")
     ap.add_argument("--quick", action="store_true", help="2 steps of 2 pairs of at most 96 tokens")
     a = ap.parse_args()
     if a.quick:
@@ -159,12 +162,12 @@ if __name__ == "__main__":
     name = resolve_model(a.model)
     _, tok = load_base(name)
     rows = pairs_for(a.data, tok, a.batch * a.steps, a.length)
-    ours, reference = time_ours(name, rows, a.batch, a.length, a.steps)
-    trl = time_trl(name, rows, a.batch, a.length, a.steps, a.trl_checkpointing)
+    ours, reference = time_ours(name, rows, a.batch, a.length, a.steps, a.precision)
+    trl = time_trl(name, rows, a.batch, a.length, a.steps, a.trl_checkpointing, a.device, a.precision)
     o, t = statistics.median(ours[1:]), statistics.median(trl[1:])
     print(
         f"model {a.model}, batch {a.batch} pairs, <= {a.length} tokens, {a.steps} steps = one pass over "
-        f"{len(rows)} pairs, LoRA r=8, CPU float32, {torch.get_num_threads()} threads, TRL gradient "
+        f"{len(rows)} pairs, LoRA r=8, {a.device} {a.precision}, {torch.get_num_threads()} threads, TRL gradient "
         f"checkpointing {'on' if a.trl_checkpointing else 'off'}"
     )
     print(

@@ -4,6 +4,7 @@ Each runs as a user would run it (a subprocess in a scratch folder); the
 check is on the line that carries the benchmark's result, parsed as a number.
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from .conftest import MSLR_SAMPLE, SHARED, requires_shared
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 HH = SHARED / "hh-rlhf"
-SCRIPTS = sorted(p.name for p in BENCH.glob("*.py"))
+SCRIPTS = sorted(p.name for p in [*BENCH.glob("*.py"), *BENCH.glob("*.sh")])
 
 
 def bench(script, *args, cwd):
@@ -84,6 +85,24 @@ def test_llm_benchmarks(tiny_llm, tmp_path):
         cwd=tmp_path,
     )
     assert res.returncode == 0 and "1 runs; mean held-out accuracy" in res.stdout, res.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_the_cpu(tiny_llm, tmp_path):
+    """benchmarks/gpu_check.sh is known to work before a GPU is ever lent."""
+    res = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), "--device", "cpu", "--quick", "--model", str(tiny_llm)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+        env=os.environ | {"PYTHON": sys.executable},
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    for precision in ("fp32", "bf16"):
+        assert f"cpu {precision} matmul" in res.stdout
+    assert number(r"ratio ours / TRL, median step = ([\d.]+)", res.stdout) > 0
+    assert "cpu bf16" in res.stdout.split("SmolLM2 training step")[1]
 
 
 @pytest.mark.slow

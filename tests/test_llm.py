@@ -399,7 +399,7 @@ def test_prompt_alone_without_lora(tiny_llm, tiny_pairs, tmp_path):
     ids, mask = torch.tensor([[5, 17, 33, 9]]), torch.ones(1, 4, dtype=torch.long)
     assert torch.allclose(policy(ids, mask, [0.2, 0.8]), loaded(ids, mask, [0.2, 0.8]), atol=1e-6)
     assert torch.allclose(loaded.reference_logits(ids, mask), base(input_ids=ids, attention_mask=mask).logits)
-    with pytest.raises(ValueError, match="needs --lora-rank >= 1"):
+    with pytest.raises(ValueError, match="need --lora-rank >= 1"):
         LLMCompareConfig(cfg_for(tiny_llm, lora_rank=0), methods=("wcos", "soup"))
     with pytest.raises(ValueError, match="lora_rank >= 0"):
         LLMConfig(lora_rank=-1)
@@ -594,3 +594,25 @@ def test_compare_runs_every_baseline_and_shares_the_single_objective_policies(ti
     for m in methods.values():
         assert len(m["points"]) == 3 and 0 <= m["hypervolume"] <= 1
     assert [methods[m]["train_steps"] for m in ("wcos", "ls", "soup", "modpo")] == [1, 3, 2, 4]
+
+
+@pytest.mark.slow
+def test_two_processes_each_score_half_the_reference_pass(tiny_llm, tiny_pairs, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "reference_processes.py"
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tiny_llm), tiny_pairs, str(tmp_path / "one")], check=True, env=env)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    subprocess.run([*launch, str(script), str(tiny_llm), tiny_pairs, str(tmp_path / "two")], check=True, env=env)
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    two = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert one["scored_here"] == one["sequences"] == one["total"]
+    halves = [r["scored_here"] for r in two]
+    assert sum(halves) == one["sequences"] and min(halves) >= one["sequences"] // 2 - 32  # forwards of <= 32
+    for r in two:  # every process ends with every value, equal to one process's
+        np.testing.assert_allclose(r["ref"], one["ref"], rtol=0, atol=1e-6)

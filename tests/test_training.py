@@ -276,3 +276,27 @@ def test_scoring_many_weights_at_once_equals_one_at_a_time(tiny_fold, tiny_base,
     b = test.batch([g])
     direct = model(b["x"], b["mask"], torch.tensor([0.3, 0.7]))[0].detach().numpy()
     np.testing.assert_allclose(together[1, items], direct, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoints_carry_every_devices_random_state(monkeypatch):
+    """The CPU's state and each CUDA device's (simulated here: this machine has no GPU) go out and come back."""
+    import torch
+
+    from cosdpo.training import loop
+
+    states = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    saved = loop.rng_states()
+    assert sorted(saved) == ["__cuda_rng__.0", "__cuda_rng__.1", "__torch_rng__"]
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    saved = loop.rng_states() | {"optimizer.tensor": torch.zeros(1)}
+    torch.rand(5)  # the state moves on
+    loop.set_rng_states(saved)
+    assert torch.equal(torch.rand(3), expected)
+    assert [s.tolist() for s in restored] == [[1, 2, 3], [4, 5]] and list(saved) == ["optimizer.tensor"]

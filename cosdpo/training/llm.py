@@ -485,9 +485,10 @@ def finetune_llm(
         policy,
         {"train": train_set, "vali": vali} if cfg.cache_reference else {"vali": vali},
         cfg,
-        reference_file if acc.is_main_process and cfg.cache_reference else None,
-        cfg.progress,
+        reference_file if cfg.cache_reference else None,
+        cfg.progress and acc.is_main_process,
         batches={"train": needed},
+        accelerator=acc,
     )
     reference_seconds = time.perf_counter() - t0
     if cfg.method == "modpo":

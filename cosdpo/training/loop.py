@@ -211,11 +211,36 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def trained_state(model) -> dict:
+def trained_state(model, acc: Accelerator | None = None) -> dict:
     """The tensors training changes: trainable parameters and buffers. A frozen base
-    (the ranker's, or an LLM's hundreds of MB) stays out of every checkpoint."""
-    keep = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n, _ in model.named_buffers()}
-    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items() if k in keep}
+    (the ranker's, or an LLM's hundreds of MB) stays out of every checkpoint.
+
+    With ``acc``, ``model`` may be the prepared (wrapped, possibly sharded) model: Accelerate's
+    ``get_state_dict`` gathers the full tensors, so every process must call it (FSDP, ZeRO-3).
+    """
+    inner = acc.unwrap_model(model) if acc is not None else model
+    keep = {n for n, p in inner.named_parameters() if p.requires_grad} | {n for n, _ in inner.named_buffers()}
+    full = acc.get_state_dict(model) if acc is not None else model.state_dict()
+    return {k: v.detach().cpu().clone().contiguous() for k, v in full.items() if k in keep}
+
+
+def rng_states() -> dict:
+    """Every device's random state: the CPU's, and each CUDA device's, so a resumed GPU run is the run it continues."""
+    states = {"__torch_rng__": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states |= {f"__cuda_rng__.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    return states
+
+
+def set_rng_states(tensors: dict):
+    """Restore (and remove from ``tensors``) the states ``rng_states`` saved; CUDA's where this machine has them."""
+    torch.set_rng_state(tensors.pop("__torch_rng__"))
+    cuda = [
+        tensors.pop(k)
+        for k in sorted((k for k in list(tensors) if k.startswith("__cuda_rng__.")), key=lambda k: int(k.split(".")[1]))
+    ]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _load_trained(model, tensors: dict):
@@ -224,13 +249,14 @@ def _load_trained(model, tensors: dict):
         raise ValueError(f"the checkpoint holds tensors this model lacks: {unexpected[:3]}")
 
 
-def save_checkpoint(path: Path, model, best_state, optimizer, state: TrainState, job: dict):
+def save_checkpoint(path: Path, tensors: dict, best_state, optimizer, state: TrainState, job: dict):
+    """``tensors``: ``trained_state`` of the model (gathered on every process before the main one writes)."""
     with atomic_dir(path) as tmp:
-        save_file(trained_state(model), str(tmp / "model.safetensors"))
+        save_file(tensors, str(tmp / "model.safetensors"))
         if best_state is not None:
             save_file(best_state, str(tmp / "best.safetensors"))
         opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-        save_file(opt_tensors | {"__torch_rng__": torch.get_rng_state()}, str(tmp / "optimizer.safetensors"))
+        save_file(opt_tensors | rng_states(), str(tmp / "optimizer.safetensors"))
         write_json(tmp / "optimizer.json", opt_meta)
         write_json(tmp / "state.json", CHECKPOINT_FORMAT | {"state": asdict(state), "job": job})
 
@@ -247,7 +273,7 @@ def load_checkpoint(path: Path, model, optimizer, job: dict):
         raise ValueError(f"--resume: the checkpoint in {found} was made with different settings: {diff}")
     _load_trained(model, load_file(str(found / "model.safetensors")))
     opt_tensors = load_file(str(found / "optimizer.safetensors"))
-    torch.set_rng_state(opt_tensors.pop("__torch_rng__"))
+    set_rng_states(opt_tensors)
     optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, json.loads((found / "optimizer.json").read_text())))
     best = found / "best.safetensors"
     best_state = load_file(str(best)) if best.exists() else None
@@ -325,8 +351,9 @@ def train(
         )
 
     def checkpoint():
+        tensors = trained_state(ddp_model, acc)  # on every process: sharded training gathers here
         if acc.is_main_process:
-            save_checkpoint(ckpt_path, model, best_state, optimizer.optimizer, state, job)
+            save_checkpoint(ckpt_path, tensors, best_state, optimizer.optimizer, state, job)
         acc.wait_for_everyone()
 
     bar = tqdm(

@@ -40,6 +40,7 @@ def reference_logprobs(
     path: Path | None,
     progress: bool = True,
     batches: dict | None = None,
+    accelerator=None,
 ) -> int:
     """Fill each set's ``ref``, reading from ``path`` what a set made from the same model and sequences
     already has, and return how many sequences were scored.
@@ -49,7 +50,11 @@ def reference_logprobs(
     and the others stay NaN until a later call needs them. The file is shared by name: sets it holds
     under other names (training's ``train``, a front's ``front``) are kept when it is written again, so
     a front read after training does not cost training its cache.
+
+    ``accelerator``: under N processes each runs every N-th of the forwards and the results are
+    gathered, so the pass costs 1/N per process; every process reads the cache, the main one writes it.
     """
+    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
     batches = batches or {}
     prints = {name: _fingerprint(cfg.model, policy, s) for name, s in sets.items()}
     stored, kept, kept_prints = {}, {}, {}
@@ -76,12 +81,18 @@ def reference_logprobs(
                 max_tokens=cfg.max_tokens,
                 progress=progress,
                 desc=f"reference log-probs ({name})",
-                batches=todo,
+                batches=todo[rank::world],
             )
+            if world > 1:  # every process gets every forward's values (floats travel exactly)
+                from accelerate.utils import gather_object
+
+                mine = np.flatnonzero(~np.isnan(fresh))
+                for ids, values in gather_object([(mine.tolist(), fresh[mine].tolist())]):
+                    fresh[np.asarray(ids, dtype=np.int64)] = values
             done = ~np.isnan(fresh)
             ref[done], scored = fresh[done], scored + int(done.sum())
         s.ref = ref
-    if path is not None and scored:
+    if path is not None and scored and (accelerator is None or accelerator.is_main_process):
         tensors = kept | {name: torch.from_numpy(s.ref) for name, s in sets.items()}
         with atomic_file(path) as f:
             f.write(safetensors_bytes(tensors, metadata=kept_prints | prints))

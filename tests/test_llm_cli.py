@@ -57,6 +57,8 @@ def test_finetune_front_generate(tiny_llm, tiny_pairs, tmp_path):
     assert "logp shift" in out
     assert front["objectives"] == ["short", "cat"] and len(front["points"]) == 3
     assert (tmp_path / "f" / "front.png").stat().st_size > 0 and "hypervolume" in out
+    card = (tmp_path / "p" / "README.md").read_text()  # the policy's model card now shows its front
+    assert "## Measured front" in card and f"Hypervolume {front['hypervolume']:.4f}" in card
     from safetensors import safe_open
 
     with safe_open(str(tmp_path / "p" / "reference_logprobs.safetensors"), "pt") as f:

@@ -134,4 +134,6 @@ def test_export_at_a_fixed_w_is_a_plain_peft_lora_with_the_same_logits(scored, t
     assert (other - ours).abs().max() > 1e-3  # w matters: the test can fail
     card = (tmp_path / "x" / "README.md").read_text()
     assert "library_name: peft" in card and "0.3,0.7" in card
-    assert "cosdpo llm generate" in (root / "p" / "README.md").read_text()
+    card = (root / "p" / "README.md").read_text()
+    assert "cosdpo llm generate" in card and f"base_model: {info['base_model']}" in card
+    assert "Training recipe: 1 steps" in card and "lora_mix True" in card

@@ -82,6 +82,11 @@ def model_card(info: dict, front: dict | None = None, exported_at=None) -> str:
             "logits = model(inputs_embeds=embeds).logits[:, prefix.shape[0]:]",
             "```",
         ]
+    if cfg:
+        keys = ("lora_rank", "lora_mix", "prompt_tokens", "weight_sampling", "alpha", "lr", "batch_size", "max_length")
+        shown = ", ".join(f"{k} {cfg[k]}" for k in keys if k in cfg)
+        budget = f"{cfg['max_steps']} steps" if cfg.get("max_steps") else f"{cfg.get('epochs')} epochs"
+        lines += ["", f"Training recipe: {budget}; {shown}; precision {cfg.get('precision')}."]
     lines += [
         "",
         "Every training option is in `policy.json` (`config`); `cosdpo llm finetune --config run.yaml` "

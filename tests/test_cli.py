@@ -201,3 +201,18 @@ def test_real_mslr_sample_end_to_end(tmp_path):
     front = _check_front(tmp_path / "fr", ["quality1", "url_clicks"], 11)
     assert front["n_queries"] == 8 and 0 < front["hypervolume"] <= 1
     assert all(0 <= x <= 1 for p in front["points"] for x in p)
+
+
+def test_synth_with_mslr_list_lengths(tmp_path):
+    from cosdpo.data.letor import read_letor
+
+    ok(["data", "synth", "--out", tmp_path / "d", "--queries", "300", "--lengths", "mslr"])
+    sizes = np.concatenate(
+        [
+            np.unique(read_letor(tmp_path / "d" / f).qid, return_counts=True)[1]
+            for f in ("train.txt", "vali.txt", "test.txt")
+        ]
+    )
+    assert len(sizes) == 300 and 90 < sizes.mean() < 160 and sizes.max() > 300 and sizes.min() >= 1
+    r = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "e"), "--lengths", "web"])
+    assert r.exit_code == 2 and "--lengths must be one of short, mslr" in r.output

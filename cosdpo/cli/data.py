@@ -17,9 +17,14 @@ def data_synth(
     out: Path = typer.Option(..., "--out", help="Output folder."),
     queries: int = typer.Option(1000, help="Number of queries."),
     seed: int = typer.Option(0, help="Random seed."),
+    lengths: str = typer.Option(
+        "short", help="List lengths: short (4-120 documents a query) or mslr (MSLR-WEB30K's: 1-1,251, mean ~120)."
+    ),
 ):
     """Write a synthetic MSLR-shaped Fold directory (136 features, 5 conflicting objectives)."""
-    from ..data.synthetic import write_fold
+    from ..data.synthetic import LENGTHS, write_fold
 
-    path = write_fold(out, queries, seed)
+    if lengths not in LENGTHS:
+        raise ValueError(f"--lengths must be one of {', '.join(LENGTHS)}, got {lengths!r}")
+    path = write_fold(out, queries, seed, **LENGTHS[lengths])
     typer.echo(f"wrote {path}/train.txt, vali.txt, test.txt ({queries} queries)")

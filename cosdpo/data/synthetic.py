@@ -22,6 +22,11 @@ from .objectives import MSLR_N_FEATURES
 
 N_INPUTS = 131
 LABEL_SHARES = (0.52, 0.30, 0.12, 0.04, 0.02)
+# list lengths: the demo's short lists, or MSLR-WEB30K's shape (1 to 1,251 documents a query, mean about 120)
+LENGTHS = {
+    "short": dict(mean_size=24, max_size=120, min_size=4, spread=0.6),
+    "mslr": dict(mean_size=95, max_size=1251, min_size=1, spread=0.75),
+}
 
 
 def generate(
@@ -31,6 +36,8 @@ def generate(
     max_size: int = 120,
     conflict: float = 1.5,
     noise: float = 1.0,
+    min_size: int = 4,
+    spread: float = 0.6,
 ):
     """Return (X (n, 136), labels (n,), qid (n,)) as numpy arrays.
 
@@ -40,7 +47,7 @@ def generate(
     if n_queries < 3:
         raise ValueError(f"need at least 3 queries, got {n_queries}")
     rng = np.random.default_rng(seed)
-    sizes = np.clip(np.rint(rng.lognormal(np.log(mean_size), 0.6, n_queries)), 4, max_size).astype(int)
+    sizes = np.clip(np.rint(rng.lognormal(np.log(mean_size), spread, n_queries)), min_size, max_size).astype(int)
     qid = np.repeat(np.arange(1, n_queries + 1), sizes)
     n = len(qid)
     q_shift = rng.normal(0.0, 0.5, n_queries)[qid - 1]

@@ -371,3 +371,31 @@ def test_llm_endpoints_answer_as_generate(policy_dir):
         r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "weights": [2, -1]})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "weights"]
         assert ask((PROMPTS[2], (0.5, 0.5), None)) == want[(PROMPTS[2], (0.5, 0.5), None)]  # still serving
+
+
+@pytest.mark.slow
+def test_a_ray_serve_deployment_answers_as_the_server(rankers):
+    """The optional Ray Serve wrapper, on a local Ray instance (skipped where ray is not installed)."""
+    pytest.importorskip("ray.serve")
+    import ray
+    from ray import serve
+
+    from cosdpo.server.ray_serve import app_builder
+
+    model = load_ranker(rankers["wcos"])
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(app_builder({"model_dir": str(rankers["wcos"]), "replicas": "2", "max_batch": "8"}), blocking=False)
+        q = {"items": rows(7).tolist(), "weights": [0.3, 0.7], "beta": 2.0}
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/rank", json={"queries": [q]}, timeout=60)
+        want = score_items(model, q["items"], q["weights"], q["beta"])
+        np.testing.assert_allclose(r.json()["results"][0]["scores"], want, rtol=1e-5, atol=1e-5)
+        bad = httpx.post(f"http://127.0.0.1:{port}/v1/rank", json={"queries": [q | {"weights": [1, 1]}]}, timeout=60)
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "queries", 0, "weights"]
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    with pytest.raises(ValueError, match="unknown option"):
+        app_builder({"model_dir": str(rankers["wcos"]), "max_bath": "8"})

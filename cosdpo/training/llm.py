@@ -48,7 +48,7 @@ from ..models.llm import (
 from ..models.ranker import count_trainable
 from ..simplex import check_simplex, draw_weights, weight_grid
 from .loop import TrainConfig, finish_run, job_settings, make_accelerator, prepare_out, start_run, train
-from .reference import REFERENCE_FILE, reference_batches, reference_logprobs
+from .reference import REFERENCE_FILE, StepReference, reference_batches, reference_logprobs
 
 LLM_METHODS = ("wcos", "ls", "modpo")
 WEIGHT_SAMPLING = ("step", "pair")
@@ -297,6 +297,7 @@ class PreferenceTask:
 
     def __init__(self, cfg: LLMConfig, vali: PreferenceSet):
         self.cfg, self.vali = cfg, vali
+        self.step_reference: StepReference | None = None  # set for a run shorter than an epoch
         self.names = list(vali.objectives)
         self.tally: dict[int, dict] = {}  # step -> per-objective sums, read (and dropped) by train_step
         self.K = len(vali.objectives)
@@ -380,8 +381,15 @@ class PreferenceTask:
     def combine(self, losses, step):
         return weight_cos(losses, self.weights(step).to(losses.device), self.cfg.penalty)
 
+    def before_step(self, model, step: int):
+        """The loop's hook before each step: a run shorter than an epoch scores this step's new reference."""
+        if self.step_reference is not None:
+            self.step_reference.before_step(model, step)
+
     def validate(self, model) -> float:
         """Hypervolume of held-out accuracies over a small grid; one model for one w: w . accuracy."""
+        if self.vali.ref is None or np.isnan(self.vali.ref).any():  # a short run scores it at its first validation
+            reference_logprobs(model, {"vali": self.vali}, self.cfg, None, False)
 
         def scores_at(w):
             return sequence_scores(
@@ -480,6 +488,9 @@ def finetune_llm(
     policy = build_policy(model, cfg, len(objectives)).to(acc.device)
     reference_file = Path(reference_file) if reference_file else out / REFERENCE_FILE
     needed = reference_batches(train_set, keep, cfg)
+    # shorter than an epoch: each step scores its own pairs' reference when it first needs them, and the
+    # first validation its pairs', so the first step comes after one forward, not the whole plan's
+    lazy = needed is not None and cfg.cache_reference and cfg.method != "modpo"
     t0 = time.perf_counter()
     scored = reference_logprobs(
         policy,
@@ -487,10 +498,11 @@ def finetune_llm(
         cfg,
         reference_file if cfg.cache_reference else None,
         cfg.progress and acc.is_main_process,
-        batches={"train": needed},
+        batches={"train": [], "vali": []} if lazy else {"train": needed},
         accelerator=acc,
     )
     reference_seconds = time.perf_counter() - t0
+    full, used = train_set, np.unique(np.concatenate([train_set.chosen[keep], train_set.rejected[keep]]))
     if cfg.method == "modpo":
         if (
             train_set.ref is None
@@ -501,13 +513,19 @@ def finetune_llm(
         weighted = np.asarray(cfg.fixed_weights)[1:].sum()
         train_set.margin = cfg.beta * (single_diff - weighted * ref_diff)
     train_set = train_set.subset(keep) if cfg.fixed_weights is not None else train_set
+    task = (MODPOTask if cfg.method == "modpo" else PreferenceTask)(cfg, vali)
+    if lazy:  # the plan in the training set's own numbering (``subset`` keeps ``used``, in order)
+        remap = np.full(len(full.sequences), -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        task.step_reference = StepReference(train_set, [remap[b] for b in needed], cfg)
     if acc.is_main_process:
         log(report.summary())
         if cfg.cache_reference:
             reached = len(train_set.sequences) if needed is None else sum(len(b) for b in needed)
+            when = "each step scores the sequences it is the first to use" if lazy else f"{scored} scored now"
             log(
-                f"reference log-probs: {scored} sequences scored in {reference_seconds:.1f} s (once; the rest read "
-                f"from the cache); the planned steps use {reached} of the {len(train_set.sequences)} training sequences"
+                f"reference log-probs: {when} ({reference_seconds:.1f} s before the first step; the rest read from "
+                f"the cache); the planned steps use {reached} of the {len(train_set.sequences)} training sequences"
             )
         log(
             f"training pairs {train_set.counts()}, validation pairs {vali.counts()}; forwards in {policy.precision}"
@@ -515,7 +533,7 @@ def finetune_llm(
         )
     state = train(
         policy,
-        (MODPOTask if cfg.method == "modpo" else PreferenceTask)(cfg, vali),
+        task,
         train_set,
         cfg,
         out,
@@ -524,11 +542,24 @@ def finetune_llm(
         accelerator=acc,
         desc=f"llm {cfg.method}",
     )
+    step_reference = getattr(task, "step_reference", None)
+    if step_reference is not None:  # the values the steps computed join the cache, for fronts and resumed runs
+        full.ref[used] = np.where(np.isnan(full.ref[used]), train_set.ref, full.ref[used])
+        reference_logprobs(
+            policy, {"train": full, "vali": vali}, cfg, reference_file, False, {"train": [], "vali": []}, acc, save=True
+        )
+        if acc.is_main_process:
+            log(
+                f"reference log-probs: {step_reference.scored} sequences scored by the steps that first used them, "
+                f"{step_reference.seconds:.1f} s in all ({step_reference.seconds / max(state.global_step, 1):.2f} s "
+                "a step)"
+            )
     metrics = {
         "train_seconds": round(state.seconds, 3),
         "steps": state.global_step,
         "seconds_per_step": round(state.seconds / max(state.global_step, 1), 4),
         "reference_seconds": round(reference_seconds, 3),  # this process's pass (a resumed run's: the rest)
+        "reference_seconds_in_steps": round(step_reference.seconds, 3) if step_reference else 0.0,
         "epochs_run": state.epoch,
         "best_val": state.best,
         "trainable_params": count_trainable(policy),

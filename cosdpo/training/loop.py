@@ -375,6 +375,8 @@ def train(
         for groups in batches[state.step_in_epoch :]:
             for g, lr in zip(optimizer.param_groups, base_lrs):
                 g["lr"] = lr * lr_factor(cfg.lr_schedule, state.global_step, total, cfg.warmup_steps)
+            if hasattr(task, "before_step"):  # e.g. the LLM reference of the pairs this step is the first to use
+                task.before_step(model, state.global_step)
             if len(groups) >= world:  # a process with no groups could not join the gradient sync
                 try:
                     metrics = train_step(

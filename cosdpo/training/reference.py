@@ -9,6 +9,7 @@ the forwards ran. A run scores only what its planned steps reach.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ def reference_logprobs(
     progress: bool = True,
     batches: dict | None = None,
     accelerator=None,
+    save: bool = False,
 ) -> int:
     """Fill each set's ``ref``, reading from ``path`` what a set made from the same model and sequences
     already has, and return how many sequences were scored.
@@ -53,6 +55,8 @@ def reference_logprobs(
 
     ``accelerator``: under N processes each runs every N-th of the forwards and the results are
     gathered, so the pass costs 1/N per process; every process reads the cache, the main one writes it.
+    ``save``: the values already in each set's ``ref`` (filled step by step, ``StepReference``) are
+    kept, merged with the cache's, and written even when nothing new was scored here.
     """
     world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
     batches = batches or {}
@@ -68,7 +72,12 @@ def reference_logprobs(
                     kept[name], kept_prints[name] = f.get_tensor(name), meta[name]
     scored = 0
     for name, s in sets.items():
-        ref = stored.get(name, np.full(len(s.sequences), np.nan))
+        n = len(s.sequences)
+        keep = save and s.ref is not None and len(s.ref) == n
+        ref = np.asarray(s.ref, np.float64).copy() if keep else np.full(n, np.nan)
+        if name in stored:
+            missing = np.isnan(ref)
+            ref[missing] = stored[name][missing]
         todo = batches.get(name)
         if todo is None:
             todo = s.sequence_batches(cfg.max_tokens)
@@ -92,11 +101,40 @@ def reference_logprobs(
             done = ~np.isnan(fresh)
             ref[done], scored = fresh[done], scored + int(done.sum())
         s.ref = ref
-    if path is not None and scored and (accelerator is None or accelerator.is_main_process):
+    if path is not None and (scored or save) and (accelerator is None or accelerator.is_main_process):
         tensors = kept | {name: torch.from_numpy(s.ref) for name, s in sets.items()}
         with atomic_file(path) as f:
             f.write(safetensors_bytes(tensors, metadata=kept_prints | prints))
     return scored
+
+
+class StepReference:
+    """A run shorter than an epoch: each step scores the reference of the sequences it is the first to
+    use, just before it runs, in the very forward ``reference_batches`` plans for it (so the values equal
+    an up-front pass's, and a resumed run's), rather than all the planned steps' before the first one.
+
+    ``per_step[s]``: sequence ids (in ``data``'s numbering) step s is the first to use.
+    """
+
+    def __init__(self, data: PreferenceSet, per_step, cfg):
+        self.data, self.per_step, self.cfg = data, [np.asarray(b, dtype=np.int64) for b in per_step], cfg
+        self.seconds, self.scored = 0.0, 0
+
+    def before_step(self, policy, step: int):
+        if step >= len(self.per_step):
+            return
+        ids = self.per_step[step]
+        if not len(ids) or not np.isnan(self.data.ref[ids]).any():
+            return
+        t0 = time.perf_counter()
+        was_training = policy.training
+        policy.eval()  # the reference never sees dropout
+        try:
+            fresh = sequence_scores(policy, self.data, reference=True, max_tokens=self.cfg.max_tokens, batches=[ids])
+        finally:
+            policy.train(was_training)
+        self.data.ref[ids] = fresh[ids]
+        self.seconds, self.scored = self.seconds + time.perf_counter() - t0, self.scored + len(ids)
 
 
 def reference_batches(data: PreferenceSet, records: np.ndarray, cfg) -> list[np.ndarray] | None:

@@ -213,6 +213,10 @@ def _jsonl(path, rows, raw: bytes = b""):
 GOOD = {"prompt": "hello world", "chosen": "the cat", "rejected": "a dog ran"}
 
 
+def llm_finetune(model, data, out, *extra):
+    return ["llm", "finetune", "--model", model, "--data", data, "--out", out, "--no-progress", *extra]
+
+
 @pytest.mark.parametrize(
     "rows, fmt, message",
     [
@@ -228,20 +232,7 @@ GOOD = {"prompt": "hello world", "chosen": "the cat", "rejected": "a dog ran"}
 )
 def test_preference_rows(tiny_llm, tmp_path, rows, fmt, message):
     data = _jsonl(tmp_path / "d.jsonl", rows)
-    out = cli(
-        [
-            "llm",
-            "finetune",
-            "--model",
-            tiny_llm,
-            "--data",
-            f"a={data}",
-            "--out",
-            tmp_path / "p",
-            "--no-progress",
-            *(["--format", fmt] if fmt else []),
-        ]
-    )
+    out = cli(llm_finetune(tiny_llm, f"a={data}", tmp_path / "p", *(["--format", fmt] if fmt else [])))
     assert message in out and "is --format right?" in out and not (tmp_path / "p").exists()
 
 
@@ -249,23 +240,9 @@ def test_binary_bytes_and_a_duplicated_objective(tiny_llm, tmp_path):
     rows = [GOOD | {"prompt": f"hello world {i}"} for i in range(4)]
     data = _jsonl(tmp_path / "d.jsonl", rows, raw=b"\xff\xfe\x00garbage\n")
     out = cli(
-        [
-            "llm",
-            "finetune",
-            "--model",
-            tiny_llm,
-            "--data",
-            f"a={data}",
-            "--out",
-            tmp_path / "p",
-            "--max-steps",
-            "1",
-            "--batch-size",
-            "2",
-            "--held-out",
-            "0.5",
-            "--no-progress",
-        ],
+        llm_finetune(
+            tiny_llm, f"a={data}", tmp_path / "p", "--max-steps", "1", "--batch-size", "2", "--held-out", "0.5"
+        ),
         code=0,
     )
     assert "not UTF-8 text" in out and "d.jsonl:5" in out

@@ -282,7 +282,7 @@ def test_checkpoints_carry_every_devices_random_state(monkeypatch):
     """The CPU's state and each CUDA device's (simulated here: this machine has no GPU) go out and come back."""
     import torch
 
-    from cosdpo.training import loop
+    from cosdpo.training import checkpoint
 
     states = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5], dtype=torch.uint8)]
     restored = []
@@ -290,13 +290,13 @@ def test_checkpoints_carry_every_devices_random_state(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
-    saved = loop.rng_states()
+    saved = checkpoint.rng_states()
     assert sorted(saved) == ["__cuda_rng__.0", "__cuda_rng__.1", "__torch_rng__"]
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    saved = loop.rng_states() | {"optimizer.tensor": torch.zeros(1)}
+    saved = checkpoint.rng_states() | {"optimizer.tensor": torch.zeros(1)}
     torch.rand(5)  # the state moves on
-    loop.set_rng_states(saved)
+    checkpoint.set_rng_states(saved)
     assert torch.equal(torch.rand(3), expected)
     assert [s.tolist() for s in restored] == [[1, 2, 3], [4, 5]] and list(saved) == ["optimizer.tensor"]

@@ -116,3 +116,33 @@ def save_tiny_gpt2(folder, seed: int = 0):
     transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return folder
+
+
+# the paper's one-w-per-step, shared-LoRA setting: the oracles below are written for it (the defaults,
+# per-pair w and the w-mixed LoRA, have tests of their own)
+FAST = dict(
+    batch_size=8,
+    held_out=0.25,
+    lora_rank=4,
+    prompt_tokens=2,
+    progress=False,
+    lr=1e-2,
+    weight_sampling="step",
+    lora_mix=False,
+    prompt_mask="linear",
+    prompt_lr=0.0,
+)
+
+
+def cfg_for(model_dir, **kw):
+    from cosdpo.training.llm import LLMConfig
+
+    return LLMConfig(model=str(model_dir), **(FAST | kw))
+
+
+def adapter_state(policy):
+    return {k: v.detach().clone() for k, v in policy.named_parameters() if v.requires_grad}
+
+
+def quiet(*_):
+    pass

@@ -191,7 +191,7 @@ def llm_score(
     progress: bool = ProgressOpt,
 ):
     """Answer held-out prompts at each w, score the answers per objective: front.json, front.png, generations.jsonl."""
-    from ..evaluation.rewards import held_out_prompts, load_scorer, parse_rewards, write_generation_front
+    from ..evaluation.rewards import held_out_prompts, load_reward, parse_rewards, write_generation_front
     from ..generation import check_beta_prime, check_decoding
     from ..models.llm import load_policy, read_policy_info
 
@@ -210,7 +210,7 @@ def llm_score(
         prompts = prompts[:max_prompts]
     else:
         prompts = held_out_prompts(data or info["data"], info, fmt, max_prompts, split)
-    scorers = {o: load_scorer(spec) for o, spec in specs.items()}
+    scorers = {o: load_reward(spec) for o, spec in specs.items()}
     policy, tokenizer, info = load_policy(model, precision=precision, attention=attention)
     front = write_generation_front(
         policy,

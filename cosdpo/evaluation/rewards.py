@@ -44,7 +44,7 @@ class RewardModel:
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder}: no reward model folder (a Hugging Face folder with config.json)")
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+        self.model = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True).eval()
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -86,7 +86,7 @@ class FunctionScorer:
         return [float(self.fn(_text(p), r)) for p, r in zip(prompts, responses)]
 
 
-def load_scorer(spec: str):
+def load_reward(spec: str):
     """A reward-model folder, or ``module:function``."""
     if ":" in spec and not Path(spec).exists():
         return FunctionScorer(spec)

@@ -10,7 +10,6 @@ caller puts before the prompt's embeddings.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -128,14 +127,3 @@ def export_lora(policy, tokenizer, info: dict, w, out) -> Path:
         write_json(tmp / "cosdpo_export.json", {"weights": w.tolist(), "objectives": info["objectives"]})
         (tmp / "README.md").write_text(model_card(info, exported_at=w.tolist()), encoding="utf-8")
     return out
-
-
-def front_of(model_dir) -> dict | None:
-    """The front measured in a policy folder, if ``llm front`` wrote one there."""
-    for candidate in (Path(model_dir) / "front.json", Path(model_dir) / "front" / "front.json"):
-        if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text())
-            except ValueError:
-                return None
-    return None

@@ -204,10 +204,11 @@ def save_policy(policy, tokenizer, out_dir, info: dict):
 
 
 def write_model_card(model_dir, info: dict, front: dict | None = None):
-    """README.md of a policy folder: what it is, how to call it, and its front once measured."""
-    from .export import front_of, model_card
+    """README.md of a policy folder: what it is, how to call it, and its front once ``llm front`` measured it
+    (a policy saved anew starts without one: an older front would describe other weights)."""
+    from .export import model_card
 
-    text = model_card(info, front or front_of(model_dir))
+    text = model_card(info, front)
     with atomic_file(Path(model_dir) / "README.md", "w") as f:
         f.write(text)
 

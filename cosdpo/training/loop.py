@@ -16,9 +16,7 @@ this is exactly the gradient of F(L) on the global batch, so N processes
 with a share each take the same step as one process with everything, even
 though the cosine penalty is not linear in L.
 
-Checkpoints (``checkpoint/`` in the output folder) hold the model, the best
-model so far, the optimizer and the trainer state, all in safetensors and
-JSON (no pickle), written atomically at every epoch end and every
+Checkpoints (``checkpoint.py``) are written at every epoch end and every
 ``checkpoint_every`` steps. The batch order of an epoch and the weights
 drawn at a step depend only on (seed, epoch, step), so ``resume`` continues
 exactly where the checkpoint left off.
@@ -32,21 +30,28 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_dir, check_format, clean_partial_writes, recover_dir, write_json
+from ..atomic import clean_partial_writes, write_json
 from ..config import RUN_FILE, check_choices, check_finite, option, to_dict, write_run_config
 from ..data.groups import RankingSet
+from .checkpoint import (
+    CHECKPOINT,
+    TrainState,
+    keep_steps,
+    load_checkpoint,
+    load_trained,
+    save_checkpoint,
+    trained_state,
+)
 
-CHECKPOINT = "checkpoint"
 STEPS_FILE = "steps.jsonl"
 # Accelerate's trackers, with the packages any of which serves each
 TRACKERS = {"none": (), "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
@@ -139,16 +144,6 @@ class Task(Protocol):
         """Higher is better; drives early stopping and the choice of the final weights."""
 
 
-# settings that may change when a run is resumed
-RESUMABLE = ("epochs", "max_steps", "progress", "patience", "checkpoint_every")
-CHECKPOINT_FORMAT = {"format": "cosdpo-checkpoint", "version": 1}
-
-
-def job_settings(cfg, **extra) -> dict:
-    """What a checkpoint must have been made with for ``--resume`` to continue it."""
-    return {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE} | extra
-
-
 def prepare_out(out: Path, resume: bool, overwrite: bool, marker: str):
     """Refuse to train over a finished model (``marker``) or a checkpoint unless told to, and clear what
     an interrupted write left there."""
@@ -176,116 +171,6 @@ def finish_run(out: Path, acc: Accelerator, save, metrics: dict, state: TrainSta
         write_json(out / "train_log.json", state.history)
     acc.wait_for_everyone()
     return metrics
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0  # epochs finished
-    step_in_epoch: int = 0  # batches of the current epoch already taken
-    global_step: int = 0
-    best: float = -math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    seconds: float = 0.0  # training wall time, summed over resumed runs
-    stopped_early: bool = False
-    history: list = field(default_factory=list)
-
-
-def _flatten_optimizer(opt_state: dict):
-    tensors, meta = {}, {"param_groups": opt_state["param_groups"], "state": {}}
-    for pid, st in opt_state["state"].items():
-        meta["state"][str(pid)] = {}
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                meta["state"][str(pid)][k] = v
-    return tensors, meta
-
-
-def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
-    state = {int(pid): dict(extra) for pid, extra in meta["state"].items()}
-    for key, v in tensors.items():
-        pid, k = key.split(".", 1)
-        state[int(pid)][k] = v
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def trained_state(model, acc: Accelerator | None = None) -> dict:
-    """The tensors training changes: trainable parameters and buffers. A frozen base
-    (the ranker's, or an LLM's hundreds of MB) stays out of every checkpoint.
-
-    With ``acc``, ``model`` may be the prepared (wrapped, possibly sharded) model: Accelerate's
-    ``get_state_dict`` gathers the full tensors, so every process must call it (FSDP, ZeRO-3).
-    """
-    inner = acc.unwrap_model(model) if acc is not None else model
-    keep = {n for n, p in inner.named_parameters() if p.requires_grad} | {n for n, _ in inner.named_buffers()}
-    full = acc.get_state_dict(model) if acc is not None else model.state_dict()
-    return {k: v.detach().cpu().clone().contiguous() for k, v in full.items() if k in keep}
-
-
-def rng_states() -> dict:
-    """Every device's random state: the CPU's, and each CUDA device's, so a resumed GPU run is the run it continues."""
-    states = {"__torch_rng__": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states |= {f"__cuda_rng__.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    return states
-
-
-def set_rng_states(tensors: dict):
-    """Restore (and remove from ``tensors``) the states ``rng_states`` saved; CUDA's where this machine has them."""
-    torch.set_rng_state(tensors.pop("__torch_rng__"))
-    cuda = [
-        tensors.pop(k)
-        for k in sorted((k for k in list(tensors) if k.startswith("__cuda_rng__.")), key=lambda k: int(k.split(".")[1]))
-    ]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def _load_trained(model, tensors: dict):
-    unexpected = model.load_state_dict(tensors, strict=False).unexpected_keys
-    if unexpected:
-        raise ValueError(f"the checkpoint holds tensors this model lacks: {unexpected[:3]}")
-
-
-def save_checkpoint(path: Path, tensors: dict, best_state, optimizer, state: TrainState, job: dict):
-    """``tensors``: ``trained_state`` of the model (gathered on every process before the main one writes)."""
-    with atomic_dir(path) as tmp:
-        save_file(tensors, str(tmp / "model.safetensors"))
-        if best_state is not None:
-            save_file(best_state, str(tmp / "best.safetensors"))
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-        save_file(opt_tensors | rng_states(), str(tmp / "optimizer.safetensors"))
-        write_json(tmp / "optimizer.json", opt_meta)
-        write_json(tmp / "state.json", CHECKPOINT_FORMAT | {"state": asdict(state), "job": job})
-
-
-def load_checkpoint(path: Path, model, optimizer, job: dict):
-    found = recover_dir(path)
-    if found is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {path.parent}")
-    saved = json.loads((found / "state.json").read_text())
-    check_format(saved, CHECKPOINT_FORMAT, found / "state.json")
-    job = json.loads(json.dumps(job))  # tuples become lists, as in the saved copy
-    if saved["job"] != job:
-        diff = sorted(k for k in set(job) | set(saved["job"]) if job.get(k) != saved["job"].get(k))
-        raise ValueError(f"--resume: the checkpoint in {found} was made with different settings: {diff}")
-    _load_trained(model, load_file(str(found / "model.safetensors")))
-    opt_tensors = load_file(str(found / "optimizer.safetensors"))
-    set_rng_states(opt_tensors)
-    optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, json.loads((found / "optimizer.json").read_text())))
-    best = found / "best.safetensors"
-    best_state = load_file(str(best)) if best.exists() else None
-    return TrainState(**saved["state"]), best_state
-
-
-def _keep_steps(path: Path, last_step: int):
-    """Keep the lines of steps.jsonl up to ``last_step`` (all of a new run's: none)."""
-    lines = path.read_text().splitlines() if path.is_file() and last_step else []
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= last_step]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in kept))
 
 
 def make_accelerator(report_to: str = "none", out=None) -> Accelerator:
@@ -329,7 +214,7 @@ def train(
     world, rank = acc.num_processes, acc.process_index
     steps_file = out_dir / STEPS_FILE
     if acc.is_main_process:
-        _keep_steps(steps_file, state.global_step)  # a resumed run rewrites the steps after its checkpoint
+        keep_steps(steps_file, state.global_step)  # a resumed run rewrites the steps after its checkpoint
     if acc.log_with and not acc.trackers:  # the run folder's name, its scalar options as the run's config
         acc.init_trackers("runs", config={k: v for k, v in asdict(cfg).items() if isinstance(v, (int, float, str))})
 
@@ -436,7 +321,7 @@ def train(
     if acc.trackers:
         acc.end_training()
     if best_state is not None:
-        _load_trained(model, best_state)
+        load_trained(model, best_state)
     bad = [name for name, t in trained_state(model).items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:  # a step whose loss was finite can still overflow the weights (the last step is never re-checked)
         raise ValueError(f"training produced non-finite weights ({bad[0]}): nothing is saved; lower --lr")

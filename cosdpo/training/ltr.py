@@ -32,7 +32,8 @@ from ..models.ranker import (
     save_ranker,
 )
 from ..simplex import check_simplex, draw_weights, weight_grid
-from .loop import TrainConfig, TrainState, finish_run, job_settings, make_accelerator, prepare_out, start_run, train
+from .checkpoint import TrainState, job_settings
+from .loop import TrainConfig, finish_run, make_accelerator, prepare_out, start_run, train
 
 TRAIN_METHODS = ("wcos", "tcos", "ls", "modpo")
 

@@ -110,6 +110,16 @@ def main():
             *measure(base, ListNetTask(None, 10), data, args.batch_size, args.steps, 131, base_cfg, **run),
         )
     ]
+    # the same network with attention dropout, which sends torch's attention down its unfused path
+    dropped_cfg = ScorerConfig(d_model=128, attn_dropout=0.1)
+    dropped = BaseRanker(schema.with_objectives([]), dropped_cfg)
+    dropped.norm.fit(data.features)
+    rows.append(
+        (
+            "base, attn dropout",
+            *measure(dropped, ListNetTask(None, 10), data, args.batch_size, args.steps, 131, dropped_cfg, **run),
+        )
+    )
     base.cpu()
     data.ref = score_base(base, data)
     model = ConditionedRanker(base, schema, ft_cfg)
@@ -119,6 +129,7 @@ def main():
     print(f"{'':18}{'groups/s':>10}{'docs/s':>10}{'GFLOP/s':>10}{'of matmul':>11}")
     for name, gps, dps, gf in rows:
         print(f"{name:18}{gps:10.1f}{dps:10.0f}{gf:10.2f}{gf / peak:10.1%}")
+    print(f"base without / with attention dropout: {rows[0][2] / rows[1][2]:.2f}x the docs/s")
     print(f"(batch {args.batch_size} groups, mean group size {np.mean(data.sizes):.1f}, {args.steps} timed steps)")
 
 

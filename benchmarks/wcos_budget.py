@@ -22,12 +22,10 @@ from cosdpo.training.compare import CompareConfig, compare
 from cosdpo.training.ltr import FinetuneConfig
 
 
-def setting(text: str) -> dict:
-    """'epochs=45,alpha=0.1' -> typed FinetuneConfig fields (the int, float and str ones)."""
+def setting(text: str, config=FinetuneConfig) -> dict:
+    """'epochs=45,alpha=0.1' -> typed fields of ``config`` (the int, float and str ones)."""
     types = {
-        f.name: type(f.default)
-        for f in fields(FinetuneConfig)
-        if type(f.default) in (int, float, str) and f.name != "seed"
+        f.name: type(f.default) for f in fields(config) if type(f.default) in (int, float, str) and f.name != "seed"
     }  # --seed sets every model's
     out = {}
     for item in filter(None, text.split(",")):

@@ -20,7 +20,7 @@ def tiny_fold(tmp_path_factory):
     return write_fold(tmp_path_factory.mktemp("tiny") / "fold", n_queries=60, seed=3, mean_size=10, max_size=20)
 
 
-TINY = dict(d_model=16, n_heads=2, n_layers=1, progress=False)
+TINY = dict(d_model=16, n_heads=2, n_layers=1, progress=False, min_steps=0)
 
 
 @pytest.fixture(scope="session")

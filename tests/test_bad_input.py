@@ -15,7 +15,7 @@ from cosdpo.atomic import clean_partial_writes, write_json
 from cosdpo.cli import app
 
 runner = CliRunner()
-SMALL = ["--d-model", "16", "--heads", "2", "--layers", "1", "--no-progress"]
+SMALL = ["--d-model", "16", "--heads", "2", "--layers", "1", "--no-progress", "--min-steps", "0"]
 ROW = " ".join(f"{j}:{(j % 7) / 3:.2f}" for j in range(1, 137))
 
 
@@ -48,7 +48,13 @@ def folders(tmp_path_factory, tiny_fold, tiny_base):
         tiny_base,
         root / "wcos",
         FinetuneConfig(
-            objectives=("quality1", "quality2"), epochs=1, d_model=16, n_heads=2, n_layers=1, progress=False
+            objectives=("quality1", "quality2"),
+            epochs=1,
+            d_model=16,
+            n_heads=2,
+            n_layers=1,
+            progress=False,
+            min_steps=0,
         ),
     )
     files = {

@@ -88,7 +88,8 @@ def test_fixed_weight_options_are_checked():
 
 
 def test_compare_writes_every_method_side_by_side(tiny_fold, tiny_base, tmp_path):
-    result = compare(tiny_fold, tiny_base, tmp_path / "c", CompareConfig(FinetuneConfig(**FT), grid=5))
+    same = CompareConfig(FinetuneConfig(**FT), grid=5, budget_ratio=0)  # the paper's rule: the same budget each
+    result = compare(tiny_fold, tiny_base, tmp_path / "c", same)
     saved = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert list(saved["methods"]) == ["wcos", "ls", "soup", "modpo"] and len(saved["weights"]) == 5
     for f in saved["methods"].values():
@@ -101,7 +102,7 @@ def test_compare_writes_every_method_side_by_side(tiny_fold, tiny_base, tmp_path
     assert (tmp_path / "c" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert "DPO-LS" in format_table(result) and "hypervolume" in format_table(result)
     with pytest.raises(FileExistsError):
-        compare(tiny_fold, tiny_base, tmp_path / "c", CompareConfig(FinetuneConfig(**FT), grid=5))
+        compare(tiny_fold, tiny_base, tmp_path / "c", same)
     # the same budget per model: every model makes as many steps as the conditioned one
     assert (
         m["ls"]["train_steps"] == 5 * m["wcos"]["train_steps"]
@@ -115,7 +116,8 @@ def test_budget_ratio_sizes_the_conditioned_model_by_the_baselines_steps(tiny_fo
     saved = compare(tiny_fold, tiny_base, tmp_path / "c", cfg)
     m = saved["methods"]
     assert list(m) == ["wcos", "ls"] and m["wcos"]["train_steps"] == round(0.5 * m["ls"]["train_steps"])
-    assert "0.5 of the baselines' total optimizer steps" in saved["budget_rule"]
-    for bad, words in (({"budget_ratio": 0.0}, "> 0"), ({"budget_ratio": 0.3, "methods": ("wcos",)}, "at least one")):
-        with pytest.raises(ValueError, match=words):
-            CompareConfig(FinetuneConfig(**FT), **({"grid": 3} | bad))
+    assert "0.5 of the total optimizer steps of DPO-LS's front" in saved["budget_rule"]
+    with pytest.raises(ValueError, match=">= 0"):
+        CompareConfig(FinetuneConfig(**FT), grid=3, budget_ratio=-0.1)
+    alone = CompareConfig(FinetuneConfig(**FT), methods=("wcos",), grid=3)  # no baselines to size it by
+    assert CompareConfig(FinetuneConfig(**FT)).budget_ratio == 0.3 and "same training budget" in alone.budget_rule()

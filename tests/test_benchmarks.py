@@ -4,6 +4,7 @@ Each runs as a user would run it (a subprocess in a scratch folder); the
 check is on the line that carries the benchmark's result, parsed as a number.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -49,13 +50,6 @@ def test_ranking_benchmarks(tmp_path):
     assert number(r"([\d.]+)x faster", out) > 1
     out = bench("temperature.py", "--out", tmp_path / "t", cwd=tmp_path)
     assert (tmp_path / "t" / "figure3.png").read_bytes()[:4] == b"\x89PNG" and "cross_temperature" in out
-
-
-@pytest.mark.slow
-@requires_shared()
-def test_base_against_lightgbm(tmp_path):
-    out = bench("base_vs_lightgbm.py", "--data", MSLR_SAMPLE, cwd=tmp_path)
-    assert 0 < number(r"ratio ([\d.]+)", out)
 
 
 @pytest.mark.slow
@@ -117,3 +111,21 @@ def test_every_benchmark_has_a_quick_test():
     source = Path(__file__).read_text()
     missing = [s for s in SCRIPTS if f'"{s}"' not in source]
     assert not missing, f"benchmarks without a --quick test: {missing}"
+
+
+def test_web30k_scale_benchmark(tmp_path):
+    out = bench("web30k_scale.py", "--out", tmp_path / "w", cwd=tmp_path).replace(",", "")
+    assert number(r"load .*? (\d+) rows", out) > 20_000  # train + vali of 300 queries of MSLR's lengths
+    assert number(r"wcos .* (\d+) docs/s", out) > 0
+    stages = json.loads((tmp_path / "w" / "scale.json").read_text())["stages"]
+    assert [s["stage"] for s in stages] == ["parse", "load", "base", "wcos"]
+
+
+@pytest.mark.slow
+@requires_shared()
+def test_real_mslr_benchmark(tmp_path):
+    out = bench("real_mslr.py", "--data", MSLR_SAMPLE, "--out", tmp_path / "r", cwd=tmp_path)
+    assert number(r"K=2 wcos / ls: hypervolume x([\d.]+)", out) > 0
+    assert 0.2 < number(r"K=2 wcos / ls: .* steps x([\d.]+)", out) < 0.4  # the compare rule: 0.3 of DPO-LS's steps
+    runs = json.loads((tmp_path / "r" / "results.json").read_text())["runs"]
+    assert set(runs[0]["k2"]["ratios"]) == {"ls", "soup", "modpo"} and runs[0]["lightgbm"]["ndcg"] > 0

@@ -9,7 +9,7 @@ from cosdpo.cli import app
 from .conftest import MSLR_SAMPLE, requires_shared
 
 runner = CliRunner()
-SMALL = ["--d-model", "16", "--heads", "2", "--layers", "1", "--no-progress"]
+SMALL = ["--d-model", "16", "--heads", "2", "--layers", "1", "--no-progress", "--min-steps", "0"]
 
 
 def ok(args):

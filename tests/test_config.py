@@ -23,7 +23,7 @@ from .conftest import SHARED, requires_shared
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-SMALL = ["--d-model", "16", "--heads", "2", "--layers", "1", "--no-progress"]
+SMALL = ["--d-model", "16", "--heads", "2", "--layers", "1", "--no-progress", "--min-steps", "0"]
 CONFIGS = {"ltr finetune": FinetuneConfig, "ltr train-base": BaseConfig, "llm finetune": LLMConfig}
 INPUTS = {"data", "base", "format"}
 

@@ -62,6 +62,18 @@ def test_cache_skips_the_parser(tmp_path, monkeypatch):
     second = read_letor(path)
     np.testing.assert_array_equal(first.X, second.X)
     np.testing.assert_array_equal(first.qid, second.qid)
+    assert isinstance(second.X, np.memmap) and not second.X.flags.writeable  # mapped from disk, not read whole
+    schema = make_schema(136)
+    grouped = RankingSet.from_letor(second, schema)
+    assert np.shares_memory(grouped.features, second.X)  # MSLR's inputs 1..131: a view, no copy
+    # the same rows shuffled (queries interleaved) group to the same sets, in order of first appearance
+    perm = np.random.default_rng(0).permutation(len(first.y))
+    shuffled = RankingSet.from_letor(letor.LetorFile("x", first.X[perm], first.y[perm], first.qid[perm]), schema)
+    assert sorted(shuffled.qids.tolist()) == sorted(grouped.qids.tolist())
+    for q in grouped.qids:
+        a, b = (int(np.flatnonzero(r.qids == q)[0]) for r in (grouped, shuffled))
+        rows = [np.asarray(r.features[r.offsets[g] : r.offsets[g + 1]]) for r, g in ((grouped, a), (shuffled, b))]
+        np.testing.assert_array_equal(np.sort(rows[0], axis=0), np.sort(rows[1], axis=0))
     path.write_text(path.read_text() + "0 qid:99 1:1\n")  # a changed file is parsed again
     with pytest.raises(AssertionError, match="parser called"):
         read_letor(path)
@@ -190,3 +202,23 @@ def test_eval_batches_cover_every_group_once_within_the_budget(tmp_path):
     for b in batches:
         assert len(b) * rs.sizes[b].max() <= 60 or len(b) == 1
     assert len(rs.eval_batches(10**9)) == 1
+
+
+def test_query_ids_are_read_as_sklearn_reads_them(tmp_path):
+    """Our linear-time qid reader against sklearn's own (query_id=True), on comments, blank lines, tabs,
+    CRLF, negative qids and a comment that mentions a qid."""
+    from sklearn.datasets import load_svmlight_file
+
+    text = (
+        "# header qid:7 in a comment\n"
+        "2 qid:10 1:0.5 3:1 # note qid:99\n"
+        "\n"
+        "0\tqid:-3\t2:1.5\r\n"
+        "  1 qid:10 1:2\n"
+        "4 qid:5 1:1 2:2 3:3\n"
+    )
+    path = tmp_path / "odd.txt"
+    path.write_bytes(text.encode())
+    _, _, expected = load_svmlight_file(str(path), query_id=True, zero_based=False)
+    np.testing.assert_array_equal(letor._query_ids(path), expected)
+    assert letor._query_ids(path).tolist() == [10, -3, 10, 5]

@@ -457,7 +457,9 @@ def test_a_short_run_scores_only_the_pairs_its_steps_reach(tiny_llm, tiny_pairs,
 
 
 @pytest.mark.slow
-def test_two_processes_each_score_half_the_reference_pass(tiny_llm, tiny_pairs, tmp_path):
+def test_two_processes_each_score_half_the_reference_pass_and_validation(
+    tiny_llm, tiny_pairs, tiny_fold, tiny_base, tmp_path
+):
     import os
     import subprocess
     import sys
@@ -465,14 +467,30 @@ def test_two_processes_each_score_half_the_reference_pass(tiny_llm, tiny_pairs, 
 
     script = Path(__file__).parent / "reference_processes.py"
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(script), str(tiny_llm), tiny_pairs, str(tmp_path / "one")], check=True, env=env)
+    args = [str(tiny_llm), tiny_pairs]
+    subprocess.run(
+        [sys.executable, str(script), *args, str(tmp_path / "one"), str(tiny_fold), str(tiny_base)], check=True, env=env
+    )
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    subprocess.run([*launch, str(script), str(tiny_llm), tiny_pairs, str(tmp_path / "two")], check=True, env=env)
+    subprocess.run(
+        [*launch, str(script), *args, str(tmp_path / "two"), str(tiny_fold), str(tiny_base)], check=True, env=env
+    )
     one = json.loads((tmp_path / "one" / "rank0.json").read_text())
     two = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert one["scored_here"] == one["sequences"] == one["total"]
     halves = [r["scored_here"] for r in two]
     assert sum(halves) == one["sequences"] and min(halves) >= one["sequences"] // 2 - 32  # forwards of <= 32
+    # LLM validation: all sequences at each of K w, half on each process
+    assert one["vali_sequences_here"] == 2 * one["sequences"]
+    halves = [r["vali_sequences_here"] for r in two]
+    assert sum(halves) == 2 * one["sequences"] and min(halves) >= one["sequences"] - 64
+    # ranking validation: the base pass and the front's pass, each split
+    assert one["ranking_groups_here"] == 2 * one["ranking_groups"]
+    halves = [r["ranking_groups_here"] for r in two]
+    assert sum(halves) == 2 * one["ranking_groups"] and min(halves) >= 0.6 * one["ranking_groups"]
     for r in two:  # every process ends with every value, equal to one process's
         np.testing.assert_allclose(r["ref"], one["ref"], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(r["vali_scores"], one["vali_scores"], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(r["base_scores"], one["base_scores"], rtol=0, atol=1e-6)
+        assert abs(r["hypervolume"] - one["hypervolume"]) < 1e-6

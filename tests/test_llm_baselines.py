@@ -55,8 +55,13 @@ def test_compare_with_a_mixed_lora_trains_plain_baselines(tiny_llm, tiny_pairs, 
     """--lora-mix applies to Weight-COS-DPO only: DPO-LS's models are plain LoRA (half the LoRA size)."""
     from cosdpo.training.llm_compare import LLMCompareConfig, compare_llm
 
-    cfg = LLMCompareConfig(cfg_for(tiny_llm, max_steps=1, lora_mix=True), methods=("wcos", "ls"), grid=2)
+    cfg = LLMCompareConfig(
+        cfg_for(tiny_llm, max_steps=2, lora_mix=True), methods=("wcos", "ls"), grid=2, budget_ratio=0.25
+    )
     result = compare_llm(tiny_pairs, tmp_path / "c", cfg, log=quiet)
+    # the paper's rule on request: the baselines first, then a quarter of DPO-LS's 2 x 2 steps
+    assert list(result["methods"]) == ["wcos", "ls"] and "0.25 of the total optimizer steps" in result["budget_rule"]
+    assert (result["methods"]["wcos"]["train_steps"], result["methods"]["ls"]["train_steps"]) == (1, 4)
     lora = {
         m: json.loads((tmp_path / "c" / "models" / d / "adapter_config.json").read_text())["r"]
         for m, d in (("wcos", "wcos"), ("ls", "ls-0"))

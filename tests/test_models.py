@@ -4,7 +4,7 @@ import torch
 
 from cosdpo import score_items
 from cosdpo.data import make_schema
-from cosdpo.models.ranker import BaseRanker, ConditionedRanker, ScorerConfig, load_ranker, save_ranker
+from cosdpo.models.ranker import BaseRanker, ConditionedRanker, ListTransformer, ScorerConfig, load_ranker, save_ranker
 
 SCHEMA = make_schema(136, ["quality1", "quality2"])
 SMALL = ScorerConfig(d_model=16, n_layers=2, n_heads=2, dropout=0.0)
@@ -109,3 +109,25 @@ def test_bad_model_options():
         ConditionedRanker(base, SCHEMA, SMALL, "lora")
     with pytest.raises(ValueError, match="different input"):
         ConditionedRanker(base, make_schema(46, ["f44"]), SMALL)
+
+
+def test_feature_norm_in_row_blocks_equals_torchs_mean_and_std():
+    from cosdpo.models.ranker import FeatureNorm, signed_log1p
+
+    x = np.random.default_rng(0).lognormal(0, 3, (2000, 6)).astype(np.float32) * np.array([1, -1, 1e4, 1, 1e-3, 5])
+    z = signed_log1p(torch.from_numpy(x.astype(np.float32)))
+    for chunk in (1 << 18, 333):  # one block, and blocks that do not divide the rows
+        norm = FeatureNorm(6)
+        norm.fit(x.astype(np.float32), chunk=chunk)
+        torch.testing.assert_close(norm.mean, z.mean(0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(norm.std, z.std(0), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_dropout_is_its_own_option():
+    """With no attention dropout (the default) and no other dropout, training mode scores as eval mode does;
+    attention dropout alone makes training-mode scores vary."""
+    x, mask = torch.randn(3, 9, 5), torch.ones(3, 9, dtype=torch.bool)
+    quiet = ListTransformer(5, ScorerConfig(d_model=16, n_heads=2, dropout=0.0)).train()
+    torch.testing.assert_close(quiet(x, mask), quiet.eval()(x, mask), rtol=1e-5, atol=1e-5)
+    noisy = ListTransformer(5, ScorerConfig(d_model=16, n_heads=2, dropout=0.0, attn_dropout=0.5)).train()
+    assert not torch.allclose(noisy(x, mask), noisy(x, mask))

@@ -232,6 +232,8 @@ def test_two_processes_agree_with_one(tiny_fold, tiny_base, tmp_path):
         "--layers",
         "1",
         "--no-progress",
+        "--min-steps",
+        "0",
     ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "cosdpo", *args, "--out", str(tmp_path / "one")], check=True, env=env)
@@ -300,3 +302,68 @@ def test_checkpoints_carry_every_devices_random_state(monkeypatch):
     checkpoint.set_rng_states(saved)
     assert torch.equal(torch.rand(3), expected)
     assert [s.tolist() for s in restored] == [[1, 2, 3], [4, 5]] and list(saved) == ["optimizer.tensor"]
+
+
+def test_min_steps_outlast_epochs_and_early_stopping(tiny_fold, tiny_base, tmp_path, monkeypatch, capsys):
+    """A validation that never improves stops a run at patience 1 after its second epoch, unless
+    min_steps holds it; the run says its plan before it starts."""
+    monkeypatch.setattr(WeightCOSTask, "validate", lambda self, model: 0.0)
+    cfg = dict(FT, epochs=5, patience=1)  # 36 training queries, batch 8: 5 steps an epoch
+    _, free = finetune(tiny_fold, tiny_base, tmp_path / "free", FinetuneConfig(**cfg))
+    _, held = finetune(tiny_fold, tiny_base, tmp_path / "held", FinetuneConfig(**(cfg | {"min_steps": 12})))
+    assert (free["steps"], held["steps"]) == (10, 15) and free["stopped_early"] and held["stopped_early"]
+    assert held["w_draws"] == 3 * 36  # a w per query group: 36 training queries an epoch
+    _, longer = finetune(
+        tiny_fold, tiny_base, tmp_path / "long", FinetuneConfig(**(cfg | {"epochs": 1, "patience": 0, "min_steps": 7}))
+    )
+    assert longer["steps"] == 10 and longer["epochs_run"] == 2  # whole epochs, enough for 7 steps
+    said = capsys.readouterr().out
+    assert (
+        "wcos: at most 25 optimizer steps (5 epochs of 5), early stopping (patience 1) from step 12; "
+        "180 draws of w (one per query group)" in said
+    )
+
+
+def test_the_conditioned_models_least_budget_grows_with_k():
+    two, five = ("quality1", "quality2"), ("quality1", "quality2", "query_url_clicks", "url_clicks", "dwell_time")
+    assert FinetuneConfig(objectives=two).resolved_min_steps() == 300
+    assert FinetuneConfig(objectives=five).resolved_min_steps() == 750
+    assert FinetuneConfig(objectives=two, method="tcos").resolved_min_steps() == 300
+    assert FinetuneConfig(objectives=two, fixed_weights=(0.5, 0.5)).resolved_min_steps() == 0
+    assert FinetuneConfig(objectives=two, min_steps=7).resolved_min_steps() == 7
+
+
+def test_a_w_per_group_weights_each_groups_loss_by_its_own_draw(tiny_fold, tiny_base, tmp_path):
+    from cosdpo.losses import lipo
+
+    model, _ = finetune(tiny_fold, tiny_base, tmp_path / "ft", FinetuneConfig(epochs=1, **FT))
+    cfg = FinetuneConfig(epochs=1, alpha=0.5, **FT)  # a w per group: the default
+    data = RankingSet.load(tiny_fold, "train", model.schema)
+    data.ref = score_base(model.base, data)
+    task = WeightCOSTask(cfg, None)
+    groups = [3, 0, 7, 11]
+    sums, counts = task.terms(model, data.batch(groups), step=4)
+    w = task.group_weights(4, groups)
+    assert not torch.allclose(w[0], w[1]) and torch.allclose(w.sum(1), torch.ones(4))
+    expected = torch.zeros(2, dtype=torch.float64)
+    for g, w_g in zip(groups, w):  # each group alone, unpadded, at its own w
+        b = data.batch([g])
+        s = model(b["x"], b["mask"], w_g, base_scores=b["ref"])
+        for k in range(2):
+            expected[k] += 2 * float(w_g[k]) * float(lipo(s, b["ref"], b["aux"][..., k], b["mask"], 1.0).detach())
+    torch.testing.assert_close(sums.double(), expected, rtol=1e-5, atol=1e-6)
+    assert counts.tolist() == [4, 4]
+    torch.testing.assert_close(task.group_weights(4, [11]), w[3:])  # a group's draw ignores its batch
+    torch.testing.assert_close(task.combine(sums / counts, 4), (sums / counts).mean())  # sum_k E[w_k] L_k
+    _, metrics = finetune(tiny_fold, tiny_base, tmp_path / "group", cfg)
+    assert metrics["w_draws"] == 36  # one epoch: each of the 36 training queries once
+    with pytest.raises(ValueError, match="weight-sampling step"):
+        FinetuneConfig(objectives=("quality1", "quality2"), weight_sampling="group", penalty=0.1)
+
+
+def test_a_run_of_many_short_epochs_validates_about_fifty_times(tiny_fold, tiny_base, tmp_path):
+    cfg = FinetuneConfig(**(FT | {"epochs": 1, "batch_size": 64, "min_steps": 120, "patience": 0}))  # 1 step an epoch
+    _, metrics = finetune(tiny_fold, tiny_base, tmp_path / "ft", cfg)
+    log = json.loads((tmp_path / "ft" / "train_log.json").read_text())
+    validated = [r["epoch"] for r in log if "val" in r]
+    assert metrics["steps"] == 120 and validated == list(range(3, 121, 3))  # every 3rd of 120 epochs: 40 times

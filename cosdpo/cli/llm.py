@@ -58,7 +58,7 @@ def _finetune(given, values):
 
 
 def _compare(given, values):
-    from ..training.compare import format_table
+    from ..training.compare import budget_rule, format_table
     from ..training.llm_compare import compare_llm
 
     train = from_dict(LLMConfig, values["train"], "llm compare")
@@ -66,6 +66,7 @@ def _compare(given, values):
         LLMCompareConfig, values["compare"] | {"train": train, "overwrite": given["overwrite"]}, "llm compare"
     )
     out = Path(given["out"])
+    typer.echo(f"budget: {budget_rule(cfg.budget_ratio, cfg.methods)}")
     result = compare_llm(given["data"], out, cfg, fmt=given["format"], log=typer.echo)
     typer.echo(format_table(result))
     typer.echo(f"wrote {out / 'compare.json'} and {out / 'compare.png'}")

@@ -86,7 +86,8 @@ config_command(
     {"train": FinetuneConfig, "compare": CompareConfig},
     [DATA, BASE, OUT, OVERWRITE],
     _compare,
-    "Train every method on the same grid and budget per model; writes compare.json and compare.png.",
+    "Train every method on the same grid (Weight-COS-DPO on --budget-ratio of DPO-LS's steps); "
+    "writes compare.json and compare.png.",
     hide=("method", "fixed_weights", "checkpoint_every"),
     accepts=("ltr finetune",),
 )

@@ -17,6 +17,15 @@ from .letor import DataError, LetorFile, load_split
 from .objectives import Schema
 
 
+def _columns(X: np.ndarray, inputs) -> np.ndarray:
+    """The model's input columns (1-based ``inputs``) of X as float32. A run of adjacent columns (MSLR's
+    1..131) is a view, so a memory-mapped matrix stays on disk until batches read their rows."""
+    cols = np.asarray(inputs) - 1
+    if X.dtype == np.float32 and len(cols) and np.array_equal(cols, np.arange(cols[0], cols[0] + len(cols))):
+        return X[:, cols[0] : cols[0] + len(cols)]
+    return np.ascontiguousarray(X[:, cols], dtype=np.float32)
+
+
 @dataclass
 class RankingSet:
     features: np.ndarray  # (n_items, F_in) float32
@@ -39,22 +48,32 @@ class RankingSet:
     def from_letor(cls, lf: LetorFile, schema: Schema) -> RankingSet:
         if lf.n_features != schema.n_features:
             raise DataError(lf.path, f"has {lf.n_features} features but the model's schema expects {schema.n_features}")
-        uniq, first, inverse = np.unique(lf.qid, return_index=True, return_inverse=True)
-        by_first = np.argsort(first, kind="stable")
-        order_q = uniq[by_first]
-        rank = np.argsort(by_first)[inverse]  # group index of every row, in file order of queries
-        order = np.argsort(rank, kind="stable")
-        X = lf.X[order]
-        sizes = np.bincount(rank, minlength=len(order_q))
+        qid = np.asarray(lf.qid)
+        starts = np.flatnonzero(np.r_[True, qid[1:] != qid[:-1]])
+        if len(np.unique(qid[starts])) == len(starts):  # every query's rows together, as LETOR files have them
+            X, order_q, sizes = lf.X, qid[starts], np.diff(np.r_[starts, len(qid)])
+            labels = lf.y
+        else:  # a query's rows interleaved with others': gather them, queries in order of first appearance
+            uniq, first, inverse = np.unique(qid, return_index=True, return_inverse=True)
+            by_first = np.argsort(first, kind="stable")
+            order_q = uniq[by_first]
+            rank = np.argsort(by_first)[inverse]  # group index of every row, in file order of queries
+            order = np.argsort(rank, kind="stable")
+            X, labels = lf.X[order], lf.y[order]
+            sizes = np.bincount(rank, minlength=len(order_q))
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        feats = np.ascontiguousarray(X[:, np.asarray(schema.inputs) - 1], dtype=np.float32)
         aux = (
             np.stack([o.grades(X, schema.max_grade) for o in schema.objectives], axis=1)
             if schema.objectives
             else np.zeros((len(X), 0), np.float32)
         )
         return cls(
-            feats, lf.y[order].astype(np.float32), aux.astype(np.float32), offsets, order_q, schema.objective_names
+            _columns(X, schema.inputs),
+            np.asarray(labels, np.float32),
+            aux.astype(np.float32),
+            offsets,
+            order_q,
+            schema.objective_names,
         )
 
     def check_learnable(self, source, labels: str = "main"):
@@ -86,10 +105,11 @@ class RankingSet:
         """Padded tensors for the given group indices.
 
         ``x`` (B, L, F), ``mask`` (B, L), ``main`` (B, L), ``aux`` (B, L, K),
-        and ``ref`` (B, L) when base scores are attached.
+        ``group`` (B,) the group indices, and ``ref`` (B, L) when base scores are attached.
         """
         idx, mask = self.item_index(groups)
         out = {
+            "group": torch.as_tensor(np.asarray(groups, dtype=np.int64)),
             "x": torch.from_numpy(self.features[idx] * mask[..., None]),
             "mask": torch.from_numpy(mask),
             "main": torch.from_numpy(self.main[idx] * mask),

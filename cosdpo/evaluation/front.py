@@ -17,6 +17,7 @@ from ..models.ranker import ConditionedRanker, load_ranker
 from ..simplex import weight_grid
 from .metrics import hypervolume, mean_ndcg, ndcg_per_group
 from .plot import plot_fronts
+from .processes import gather_shares, my_share
 
 
 def _device(model) -> torch.device:
@@ -24,35 +25,45 @@ def _device(model) -> torch.device:
 
 
 @torch.no_grad()
-def score_base(model, data: RankingSet, max_items: int = 16384) -> np.ndarray:
-    """Scores of an unconditioned ranker for every item (flat, in data order)."""
+def score_base(model, data: RankingSet, max_items: int = 16384, accelerator=None) -> np.ndarray:
+    """Scores of an unconditioned ranker for every item (flat, in data order).
+
+    ``accelerator``: split the batches over its processes (each scores 1/N; all end with every score).
+    """
     model.eval()
     out = np.zeros(len(data.main), dtype=np.float32)
-    for groups in data.eval_batches(max_items):
+    for groups in my_share(data.eval_batches(max_items), accelerator):
         b = data.batch(groups, _device(model))
         s = model(b["x"], b["mask"])
         out[_flat_index(data, groups)] = s[b["mask"]].float().cpu().numpy()
-    return out
+    return gather_shares(out, accelerator)
 
 
 @torch.no_grad()
 def score_conditioned(
-    model, data: RankingSet, weights, base: np.ndarray | None = None, max_items: int = 16384, beta_prime=None
+    model,
+    data: RankingSet,
+    weights,
+    base: np.ndarray | None = None,
+    max_items: int = 16384,
+    beta_prime=None,
+    accelerator=None,
 ) -> np.ndarray:
     """Scores (M, n_items) of a conditioned ranker under each of M weight vectors.
 
     ``beta_prime``: serving temperature (a number, or a K-vector for tcos models).
+    ``accelerator``: split the batches over its processes, as ``score_base`` does.
     """
     model.check_beta(beta_prime)
     model.eval()
     weights = np.atleast_2d(np.asarray(weights, dtype=np.float32))
-    base = score_base(model.base, data, max_items) if base is None else base
+    base = score_base(model.base, data, max_items, accelerator) if base is None else base
     out = np.zeros((len(weights), len(data.main)), dtype=np.float32)
     dev = _device(model)
     M, w_all = len(weights), torch.from_numpy(weights).to(dev)
     # all M weight vectors in one forward: the batch repeated M times, so the
     # matmuls are M times larger (much better use of the cores than M calls)
-    for groups in data.eval_batches(max(max_items // M, 1)):
+    for groups in my_share(data.eval_batches(max(max_items // M, 1)), accelerator):
         b = data.batch(groups, dev)
         flat = _flat_index(data, groups)
         ref = torch.zeros_like(b["main"])
@@ -66,7 +77,7 @@ def score_conditioned(
             beta=beta_prime,
         )
         out[:, flat] = s.view(M, B, -1)[:, b["mask"]].float().cpu().numpy()
-    return out
+    return gather_shares(out, accelerator)
 
 
 def _flat_index(data: RankingSet, groups) -> np.ndarray:
@@ -96,14 +107,16 @@ def ranker_front(
     max_items: int = 16384,
     beta_prime=None,
     base: np.ndarray | None = None,
+    accelerator=None,
 ) -> dict:
     """The front of a conditioned ranker on ``data``: everything ``front.json`` holds.
 
-    ``base``: the base model's scores on ``data``, if already computed.
+    ``base``: the base model's scores on ``data``, if already computed; ``accelerator``: score
+    across its processes.
     """
     grid = weight_grid(model.n_objectives) if grid is None else np.asarray(grid, dtype=np.float64)
-    base = score_base(model.base, data, max_items) if base is None else base
-    scores = score_conditioned(model, data, grid, base, max_items, beta_prime)
+    base = score_base(model.base, data, max_items, accelerator) if base is None else base
+    scores = score_conditioned(model, data, grid, base, max_items, beta_prime, accelerator)
     return front_from_scores(data, grid, scores, base, model.schema.objective_names, k, reference, empty) | {
         "method": model.method,
         "beta_prime": model.beta if beta_prime is None else np.asarray(beta_prime, dtype=float).tolist(),

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..data.tokenize import PreferenceSet
 from ..losses import response_window, sequence_logprobs
 from .metrics import hypervolume
+from .processes import gather_shares, my_share
 
 
 @torch.no_grad()
@@ -36,15 +37,20 @@ def sequence_scores(
     progress: bool = False,
     desc: str = "scoring",
     batches=None,
+    accelerator=None,
 ) -> np.ndarray:
     """log pi(y | x) of every sequence of ``data`` under ``w`` (or under the reference).
 
     ``batches``: lists of sequence ids to score, one forward each (default: every sequence, in length
-    order within ``max_tokens``); the sequences in none of them stay NaN.
+    order within ``max_tokens``); the sequences in none of them stay NaN. ``accelerator`` (with the
+    default batches): each of its processes scores 1/N of them, and all end with every score.
     """
     device = next(policy.parameters()).device
     out = np.full(len(data.sequences), np.nan if batches is not None else 0.0, dtype=np.float64)
-    batches = data.sequence_batches(max_tokens) if batches is None else [list(map(int, b)) for b in batches]
+    if batches is None:
+        batches = my_share(data.sequence_batches(max_tokens), accelerator)
+    else:
+        accelerator, batches = None, [list(map(int, b)) for b in batches]
     for ids in tqdm(batches, desc=desc, disable=not progress, leave=False):
         b = data.pad(ids, device)
         keep = response_window(b["response_mask"])
@@ -54,7 +60,7 @@ def sequence_scores(
             else policy(b["input_ids"], b["attention_mask"], w, keep)
         )
         out[ids] = sequence_logprobs(logits, b["input_ids"], b["response_mask"]).double().cpu().numpy()
-    return out
+    return gather_shares(out, accelerator)
 
 
 def margins(data: PreferenceSet, scores: np.ndarray, beta: float) -> np.ndarray:

@@ -22,7 +22,7 @@ from ..atomic import atomic_dir, check_format, recover_dir, write_json
 
 CHECKPOINT = "checkpoint"
 # settings that may change when a run is resumed
-RESUMABLE = ("epochs", "max_steps", "progress", "patience", "checkpoint_every")
+RESUMABLE = ("epochs", "max_steps", "min_steps", "progress", "patience", "checkpoint_every")
 CHECKPOINT_FORMAT = {"format": "cosdpo-checkpoint", "version": 1}
 
 

@@ -339,7 +339,7 @@ def finetune_llm(
         weighted = np.asarray(cfg.fixed_weights)[1:].sum()
         train_set.margin = cfg.beta * (single_diff - weighted * ref_diff)
     train_set = train_set.subset(keep) if cfg.fixed_weights is not None else train_set
-    task = (MODPOTask if cfg.method == "modpo" else PreferenceTask)(cfg, vali)
+    task = (MODPOTask if cfg.method == "modpo" else PreferenceTask)(cfg, vali, acc)
     if lazy:  # the plan in the training set's own numbering (``subset`` keeps ``used``, in order)
         remap = np.full(len(full.sequences), -1, dtype=np.int64)
         remap[used] = np.arange(len(used))

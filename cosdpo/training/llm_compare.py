@@ -31,7 +31,7 @@ from ..evaluation.preference import preference_front, sequence_scores
 from ..models.hpt import HPTModel
 from ..models.llm import load_base, peft_wrapping
 from ..simplex import weight_grid
-from .compare import METHOD_NAMES, check_methods, picture
+from .compare import METHOD_NAMES, budget_rule, check_methods, picture, reference_steps, sized_by_ratio
 from .llm import LLMConfig, finetune_llm, load_split, reference_logprobs
 
 LLM_COMPARE_METHODS = ("wcos", "ls", "soup", "modpo")
@@ -48,6 +48,12 @@ class LLMCompareConfig:
     grid: int | None = option(
         5, "Evaluation grid (K = 2: N evenly spaced weights); DPO-LS trains one policy per weight.", panel="Evaluation"
     )
+    budget_ratio: float = option(
+        0.0,
+        "Weight-COS-DPO's optimizer steps as this fraction of DPO-LS's front's, trained to the end "
+        "(e.g. 0.3, the paper's time ratio; 0: the same budget as each baseline model).",
+        panel="Method",
+    )
     overwrite: bool = False
 
     def __post_init__(self):
@@ -56,6 +62,8 @@ class LLMCompareConfig:
             raise ValueError("DPO Soup and MO-DPO load single-objective LoRAs: they need --lora-rank >= 1")
         if self.grid is not None and self.grid < 2:
             raise ValueError("grid must be >= 2")
+        if not self.budget_ratio >= 0:
+            raise ValueError(f"budget_ratio must be >= 0, got {self.budget_ratio}")
 
 
 def soup_policy(single_dirs, w, base):
@@ -123,10 +131,15 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
             singles[k] = (out / "models" / f"single-{k}", m["train_seconds"], m["trainable_params"], m["steps"])
         return singles[k]
 
-    for method in cfg.methods:
+    by_ratio = sized_by_ratio(cfg.budget_ratio, cfg.methods)
+    # with a budget ratio, the baselines train first: their steps size Weight-COS-DPO's budget
+    for method in sorted(cfg.methods, key=lambda m: m == "wcos") if by_ratio else cfg.methods:
         log(f"== {METHOD_NAMES[method]}")
         if method == "wcos":
-            policy, m = run("wcos", cfg.train)
+            budget = {}
+            if by_ratio:
+                budget = {"max_steps": max(1, round(cfg.budget_ratio * reference_steps(fronts))), "patience": 0}
+            policy, m = run("wcos", replace(cfg.train, **budget))
             scores = [sequence_scores(policy, test, torch.tensor(w, dtype=torch.float32)) for w in grid]
             seconds, n_params, n_models, n_steps = m["train_seconds"], m["trainable_params"], 1, m["steps"]
             _unload(policy)
@@ -163,11 +176,12 @@ def compare_llm(data: str, out, cfg: LLMCompareConfig, *, fmt: str | None = None
     result = {
         "objectives": objectives,
         "weights": grid.tolist(),
-        "budget_rule": "every model (each baseline model, and the one conditioned model) gets the same training budget",
-        "methods": fronts,
+        "budget_rule": budget_rule(cfg.budget_ratio, cfg.methods),
+        "methods": {m: fronts[m] for m in cfg.methods},
         "settings": {
             "methods": list(cfg.methods),
             "grid": len(grid),
+            "budget_ratio": cfg.budget_ratio,
             "data": data,
             "train": {k: v for k, v in vars(cfg.train).items()},
         },

@@ -53,6 +53,7 @@ from .checkpoint import (
 )
 
 STEPS_FILE = "steps.jsonl"
+MAX_VALIDATIONS = 50  # a run of many short epochs validates at most about this often
 # Accelerate's trackers, with the packages any of which serves each
 TRACKERS = {"none": (), "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
 LR_SCHEDULES = ("constant", "cosine")
@@ -86,6 +87,9 @@ class TrainConfig:
 
     epochs: int = option(20, "Passes over the training data (an upper bound with early stopping).")
     max_steps: int = option(0, "Optimizer steps; > 0 overrides --epochs (as many passes as it takes).")
+    min_steps: int | None = option(
+        0, "Optimizer steps the run makes at least: --epochs grow to reach them and early stopping waits for them."
+    )
     batch_size: int = option(32, "Query groups (ranking) or preference pairs (LLM) per step, over all processes.")
     lr: float = option(1e-3, "AdamW learning rate.")
     lr_schedule: str = option(
@@ -97,7 +101,9 @@ class TrainConfig:
     grad_accum: int = option(1, "Micro-batches per optimizer step (memory: batch-size / grad-accum per forward).")
     seed: int = option(0, "Seed of initialisation, batch order and the sampled weights.")
     patience: int = option(5, "Stop after this many validations without improvement (0: never stop early).")
-    val_every: int = option(1, "Validate every N epochs (and at the end).", panel="Evaluation")
+    val_every: int = option(
+        1, f"Validate every N epochs (and at the end; at most about {MAX_VALIDATIONS} times a run).", panel="Evaluation"
+    )
     checkpoint_every: int = option(0, "Also checkpoint every N steps (0: at epoch ends only).", panel="Runtime")
     progress: bool = option(True, "Show progress bars.", panel="Runtime")
     report_to: str = option(
@@ -114,8 +120,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "val_every", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("patience", "checkpoint_every", "max_steps", "warmup_steps"):
-            if getattr(self, name) < 0:
+        for name in ("patience", "checkpoint_every", "max_steps", "warmup_steps", "min_steps"):
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
@@ -228,12 +234,19 @@ def train(
             acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record["step"])
 
     n_batches = len(data.epoch_batches(cfg.batch_size, cfg.seed, 0))
-    total = cfg.max_steps or cfg.epochs * n_batches
+    min_steps = 0 if cfg.max_steps else cfg.min_steps or 0
+    epochs = max(cfg.epochs, -(-min_steps // n_batches))  # whole epochs, at least min_steps
+    total = cfg.max_steps or epochs * n_batches
     if cfg.warmup_steps >= total:  # with max_steps the config refused it; epochs * batches is known only here
         raise ValueError(
             f"warmup_steps ({cfg.warmup_steps}) must be fewer than the run's {total} steps "
-            f"({cfg.epochs} epochs of {n_batches} batches)"
+            f"({epochs} epochs of {n_batches} batches)"
         )
+    if acc.is_main_process and not resume:
+        acc.print(plan_line(desc, cfg, total, epochs, n_batches, min_steps, task, len(data)))
+    # Why a cap: on small data an epoch is a step or two, and validating a front after every one
+    # cost as much as the training itself
+    val_every = max(cfg.val_every, math.ceil(math.ceil(total / n_batches) / MAX_VALIDATIONS))
 
     def checkpoint():
         tensors = trained_state(ddp_model, acc)  # on every process: sharded training gathers here
@@ -252,7 +265,7 @@ def train(
     def steps_left():
         return not cfg.max_steps or state.global_step < cfg.max_steps
 
-    while (cfg.max_steps or state.epoch < cfg.epochs) and not state.stopped_early and steps_left():
+    while (cfg.max_steps or state.epoch < epochs) and not state.stopped_early and steps_left():
         t0 = time.perf_counter()
         batches = data.epoch_batches(cfg.batch_size, cfg.seed, state.epoch)
         ddp_model.train()
@@ -297,7 +310,7 @@ def train(
             "step": state.global_step,
             "train_loss": float(np.mean(running)) if running else None,
         }
-        if state.step_in_epoch or state.epoch % cfg.val_every == 0 or state.epoch == cfg.epochs or not steps_left():
+        if state.step_in_epoch or state.epoch % val_every == 0 or state.epoch == epochs or not steps_left():
             model.eval()
             score = float(task.validate(model))
             record["val"] = score
@@ -306,7 +319,7 @@ def train(
                 best_state = trained_state(model)
             else:
                 state.bad_epochs += 1
-                if cfg.patience and state.bad_epochs >= cfg.patience:
+                if cfg.patience and state.bad_epochs >= cfg.patience and state.global_step >= min_steps:
                     state.stopped_early = True
         state.seconds += time.perf_counter() - t0
         record["seconds"] = round(state.seconds, 3)
@@ -327,6 +340,26 @@ def train(
         raise ValueError(f"training produced non-finite weights ({bad[0]}): nothing is saved; lower --lr")
     model.eval()
     return state
+
+
+def plan_line(
+    desc: str, cfg: TrainConfig, total: int, epochs: int, n_batches: int, min_steps: int, task, n_groups: int
+) -> str:
+    """What the run will do, said before it starts: its optimizer steps and, for a conditioned model,
+    its draws of w (``task.draws_per_step``: one a step, or one per query group), so that budgets
+    compare across data sizes."""
+    if cfg.max_steps:
+        line = f"{desc}: {total:,} optimizer steps ({n_batches:,} a pass over the data)"
+    else:
+        line = f"{desc}: at most {total:,} optimizer steps ({epochs} epoch{'s' * (epochs != 1)} of {n_batches:,})"
+        if cfg.patience:
+            line += f", early stopping (patience {cfg.patience})" + (f" from step {min_steps:,}" if min_steps else "")
+    draws = getattr(task, "draws_per_step", 0)
+    if draws == 1:
+        line += f"; {total:,} draws of w"
+    elif draws:
+        line += f"; {round(total * n_groups / n_batches):,} draws of w (one per query group)"
+    return line
 
 
 class NonFiniteLoss(ArithmeticError):

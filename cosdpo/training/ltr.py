@@ -8,7 +8,7 @@ model.safetensors), ``metrics.json`` and ``train_log.json`` to ``out``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +36,25 @@ from .checkpoint import TrainState, job_settings
 from .loop import TrainConfig, finish_run, make_accelerator, prepare_out, start_run, train
 
 TRAIN_METHODS = ("wcos", "tcos", "ls", "modpo")
+WEIGHT_SAMPLING = ("step", "group")
+SIMPLEX_STEPS_PER_OBJECTIVE = 150
+
+
+def simplex_steps(k: int) -> int:
+    """The least optimizer steps of a model conditioned on K objectives' w.
+
+    Why a floor in steps: every step sees new draws of w, and the simplex
+    needs enough of them whatever the data size. With 34 training queries an
+    epoch is 2 steps, so epochs and early stopping alone ended runs after a
+    few dozen draws, far from the front the same model reaches later
+    (docs/results/ranking.md measures the rule on real MSLR rows).
+    """
+    return SIMPLEX_STEPS_PER_OBJECTIVE * k
 
 
 def _scorer(cfg: ScorerConfig) -> ScorerConfig:
     """The network part of a job config (which also holds training options)."""
-    return ScorerConfig(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ff_mult, cfg.dropout)
+    return ScorerConfig(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ff_mult, cfg.dropout, cfg.attn_dropout)
 
 
 def _grades(text: str) -> dict:
@@ -104,6 +118,17 @@ class FinetuneConfig(TrainConfig, ScorerConfig):
     alpha: float = option(
         0.3, "Dirichlet concentration of the w drawn per step (small: corners, wider front).", panel="Method"
     )
+    weight_sampling: str = option(
+        "group",
+        "group: each query group its own w (batch-size draws a step); step: one w per optimizer step (the paper).",
+        choices=WEIGHT_SAMPLING,
+        panel="Method",
+    )
+    min_steps: int | None = option(
+        None,
+        "Optimizer steps at least: --epochs grow to reach them and early stopping waits for them "
+        f"(unset: wcos and tcos {SIMPLEX_STEPS_PER_OBJECTIVE} x K, a single-w model 0).",
+    )
     penalty: float = option(0.0, "lambda, weight of the cosine penalty pulling the losses towards w.", panel="Method")
     beta: float = option(
         1.0, "Training temperature of DPO (serve another one with `ltr front --beta-prime`).", panel="Method"
@@ -158,13 +183,21 @@ class FinetuneConfig(TrainConfig, ScorerConfig):
             raise ValueError(f"beta_range must be LO,HI with 0 < LO < HI, got {self.beta_range}")
         if self.val_grid < 2:
             raise ValueError("val_grid must be >= 2")
+        if self.weight_sampling == "group" and self.penalty:
+            raise ValueError("the cosine penalty compares one w with the step's losses: use --weight-sampling step")
+
+    def resolved_min_steps(self) -> int:
+        """``min_steps``, or the simplex rule for a conditioned model when unset."""
+        if self.min_steps is not None:
+            return self.min_steps
+        return simplex_steps(len(self.objectives)) if self.method in ("wcos", "tcos") else 0
 
 
 class ListNetTask:
     names = ["ListNet on the relevance label"]
 
-    def __init__(self, vali: RankingSet, k: int):
-        self.vali, self.k = vali, k
+    def __init__(self, vali: RankingSet, k: int, accelerator: Accelerator | None = None):
+        self.vali, self.k, self.accelerator = vali, k, accelerator
 
     def terms(self, model, batch, step):
         per_group, valid = listnet(model(batch["x"], batch["mask"]), batch["main"], batch["mask"], reduction="none")
@@ -174,7 +207,7 @@ class ListNetTask:
         return losses[0]
 
     def validate(self, model) -> float:
-        return ndcg_report(self.vali, score_base(model, self.vali), self.k)["main"]
+        return ndcg_report(self.vali, score_base(model, self.vali, accelerator=self.accelerator), self.k)["main"]
 
 
 class WeightCOSTask:
@@ -184,17 +217,41 @@ class WeightCOSTask:
     objective and step; the model sees beta and LiPO_k uses beta_k.
     """
 
-    def __init__(self, cfg: FinetuneConfig, vali: RankingSet):
-        self.cfg, self.vali = cfg, vali
+    def __init__(self, cfg: FinetuneConfig, vali: RankingSet, accelerator: Accelerator | None = None):
+        """``accelerator``: validation is split across its processes."""
+        self.cfg, self.vali, self.accelerator = cfg, vali, accelerator
         self.names = list(cfg.objectives)
         self.K = len(cfg.objectives)
         self.vali_base = None
         self.val_grid = weight_grid(self.K, cfg.val_grid if self.K == 2 else self.K + 5, "dirichlet", cfg.seed)
 
+    @property
+    def w_per_group(self) -> bool:
+        return self.cfg.weight_sampling == "group" and self.cfg.fixed_weights is None
+
+    @property
+    def draws_per_step(self) -> int:
+        if self.cfg.fixed_weights is not None:
+            return 0
+        return self.cfg.batch_size if self.w_per_group else 1
+
     def weights(self, step: int) -> torch.Tensor:
+        """The step's w (with a w per group: their expectation, 1/K each, for the log)."""
         if self.cfg.fixed_weights is not None:
             return torch.tensor(self.cfg.fixed_weights, dtype=torch.float32)
+        if self.w_per_group:
+            return torch.full((self.K,), 1.0 / self.K)
         return draw_weights(self.cfg.seed, step, self.cfg.alpha, self.K)
+
+    def group_weights(self, step: int, groups) -> torch.Tensor:
+        """(B, K): w ~ Dir(alpha) per query group, seeded by (seed, step, group), so processes,
+        micro-batches and resumed runs draw the same. Why: B draws a step at the cost of one
+        visit the corners of the simplex B times as often."""
+        draws = [
+            np.random.default_rng([self.cfg.seed, step, int(g)]).dirichlet(np.full(self.K, self.cfg.alpha))
+            for g in groups
+        ]
+        return torch.tensor(np.array(draws), dtype=torch.float32)
 
     def temperatures(self, step: int) -> torch.Tensor | None:
         if self.cfg.method != "tcos":
@@ -205,7 +262,13 @@ class WeightCOSTask:
         )
 
     def terms(self, model, batch, step):
-        w = self.weights(step).to(batch["x"].device)
+        """Per-objective LiPO sums. With a w per group, group g's loss enters objective k's sum as
+        K w_gk l_gk: the step's objective, sum_k (1/K) L_k with E[w] = 1/K logged as the step's w, is then
+        the mean over groups of w_g . l_g, and each loss/k in the log keeps its unweighted scale."""
+        if self.w_per_group:
+            w = self.group_weights(step, batch["group"].tolist()).to(batch["x"].device)
+        else:
+            w = self.weights(step).to(batch["x"].device)
         betas = self.temperatures(step)
         s = model(batch["x"], batch["mask"], w, base_scores=batch["ref"], beta=betas)
         sums, counts = [], []
@@ -214,7 +277,7 @@ class WeightCOSTask:
             per_group, valid = lipo(
                 s, batch["ref"], batch["aux"][..., j], batch["mask"], beta, self.cfg.transform, reduction="none"
             )
-            sums.append(per_group.sum())
+            sums.append(self.K * (per_group * w[:, j]).sum() if self.w_per_group else per_group.sum())
             counts.append(valid.sum())
         return torch.stack(sums), torch.stack(counts)
 
@@ -223,11 +286,17 @@ class WeightCOSTask:
 
     def validate(self, model) -> float:
         if self.vali_base is None:  # the frozen base scores the validation set once per run
-            self.vali_base = score_base(model.base, self.vali)
+            self.vali_base = score_base(model.base, self.vali, accelerator=self.accelerator)
         if self.cfg.fixed_weights is not None:  # one model for one w: its scalarised NDCG
             w = np.asarray(self.cfg.fixed_weights)
-            return float(w @ ranker_front(model, self.vali, w[None], self.cfg.k, base=self.vali_base)["points"][0])
-        return ranker_front(model, self.vali, self.val_grid, self.cfg.k, base=self.vali_base)["hypervolume"]
+            front = ranker_front(
+                model, self.vali, w[None], self.cfg.k, base=self.vali_base, accelerator=self.accelerator
+            )
+            return float(w @ front["points"][0])
+        front = ranker_front(
+            model, self.vali, self.val_grid, self.cfg.k, base=self.vali_base, accelerator=self.accelerator
+        )
+        return front["hypervolume"]
 
 
 class MODPOTask(WeightCOSTask):
@@ -294,7 +363,7 @@ def train_base(
     model.to(acc.device)
     state = train(
         model,
-        ListNetTask(vali, cfg.k),
+        ListNetTask(vali, cfg.k, acc),
         train_set,
         cfg,
         out,
@@ -343,7 +412,7 @@ def finetune(
     vali = RankingSet.load(data, "vali", schema, cfg.split_seed)
     base.to(acc.device)
     start_run(out, acc, "ltr finetune", {"data": str(data), "base": str(base_dir)}, cfg)
-    train_set.ref = score_base(base, train_set)  # the base is frozen: its scores never change
+    train_set.ref = score_base(base, train_set, accelerator=acc)  # the base is frozen: its scores never change
     if cfg.method == "modpo":
         train_set.margin = modpo_margins(single_models, train_set, cfg)
     set_seed(cfg.seed)
@@ -351,12 +420,12 @@ def finetune(
     model = ConditionedRanker(
         base, schema, _scorer(cfg), cfg.param, cfg.beta, cfg.alpha, model_method, cfg.beta_range
     ).to(acc.device)
-    task = (MODPOTask if cfg.method == "modpo" else WeightCOSTask)(cfg, vali)
+    task = (MODPOTask if cfg.method == "modpo" else WeightCOSTask)(cfg, vali, acc)
     state = train(
         model,
         task,
         train_set,
-        cfg,
+        replace(cfg, min_steps=cfg.resolved_min_steps()),
         out,
         job=job_settings(cfg, data=str(data), base=str(Path(base_dir).resolve())),
         resume=resume,
@@ -364,9 +433,25 @@ def finetune(
         desc=cfg.method,
     )
     metrics = _metrics(
-        model, state, acc, {"val_hypervolume": state.best, "data": str(data), "objectives": list(cfg.objectives)}
+        model,
+        state,
+        acc,
+        {
+            "val_hypervolume": state.best,
+            "w_draws": _w_draws(task, train_set, cfg, state),
+            "data": str(data),
+            "objectives": list(cfg.objectives),
+        },
     )
     return model, finish_run(out, acc, lambda: save_ranker(model, out, extra={"training": metrics}), metrics, state)
+
+
+def _w_draws(task: WeightCOSTask, data: RankingSet, cfg: FinetuneConfig, state: TrainState) -> int:
+    """How many w the run drew: one a step, or one per query group of every step it made."""
+    if not task.w_per_group:
+        return state.global_step if task.draws_per_step else 0
+    partial = data.epoch_batches(cfg.batch_size, cfg.seed, state.epoch)[: state.step_in_epoch]
+    return state.epoch * len(data) + sum(len(b) for b in partial)
 
 
 def modpo_margins(single_models, data: RankingSet, cfg: FinetuneConfig) -> np.ndarray:

@@ -50,8 +50,9 @@ def pair_weights(seed: int, step: int, alpha: float, k: int, records, objectives
 class PreferenceTask:
     """sum_k w_k DPO_k - lambda cos(w, L) on a batch of pairs of mixed objectives."""
 
-    def __init__(self, cfg: LLMConfig, vali: PreferenceSet):
-        self.cfg, self.vali = cfg, vali
+    def __init__(self, cfg: LLMConfig, vali: PreferenceSet, accelerator=None):
+        """``accelerator``: validation (and its reference) is split across its processes."""
+        self.cfg, self.vali, self.accelerator = cfg, vali, accelerator
         self.step_reference: StepReference | None = None  # set for a run shorter than an epoch
         self.names = list(vali.objectives)
         self.tally: dict[int, dict] = {}  # step -> per-objective sums, read (and dropped) by train_step
@@ -144,11 +145,15 @@ class PreferenceTask:
     def validate(self, model) -> float:
         """Hypervolume of held-out accuracies over a small grid; one model for one w: w . accuracy."""
         if self.vali.ref is None or np.isnan(self.vali.ref).any():  # a short run scores it at its first validation
-            reference_logprobs(model, {"vali": self.vali}, self.cfg, None, False)
+            reference_logprobs(model, {"vali": self.vali}, self.cfg, None, False, accelerator=self.accelerator)
 
         def scores_at(w):
             return sequence_scores(
-                model, self.vali, torch.tensor(w, dtype=torch.float32), max_tokens=self.cfg.max_tokens
+                model,
+                self.vali,
+                torch.tensor(w, dtype=torch.float32),
+                max_tokens=self.cfg.max_tokens,
+                accelerator=self.accelerator,
             )
 
         if self.cfg.fixed_weights is not None:

@@ -1,0 +1,213 @@
+"""Weight-COS-DPO against retraining, and the base ranker against LightGBM, on real MSLR rows.
+
+    python benchmarks/real_mslr.py [--data FILE] [--k 2 5] [--splits 5] [--seeds 3]
+        [--methods wcos,ls,soup,modpo] [--budget-ratio 0.3] [--variant NAME=VALUE,...]
+        [--base NAME=VALUE,...] [--out DIR] [--quick]
+
+Query-level cross-validation: split s is the seeded 60/20/20 split of the
+file's queries (train / validation, for early stopping and model choice /
+test, never seen in training). For every split and training seed it trains
+the base ranker and LightGBM lambdarank on the same rows (NDCG@10 on the
+test queries), then runs ``ltr compare``'s comparison under its budget rule,
+and prints, per split and seed and as a mean, for each baseline B:
+hypervolume of Weight-COS-DPO / B's, main NDCG@10 of Weight-COS-DPO - B's,
+and Weight-COS-DPO's optimizer steps and training seconds / B's.
+``--variant`` adds Weight-COS-DPO runs at other settings, each at the same
+number of steps as the compared one (e.g. ``--variant weight_sampling=group``).
+Everything is written to OUT/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+from wcos_budget import setting  # beside this script
+
+from cosdpo.data import RankingSet, make_schema
+from cosdpo.data.letor import dataset_width
+from cosdpo.evaluation.front import ndcg_report, score_base
+from cosdpo.training.compare import BUDGET_RATIO, CompareConfig, compare
+from cosdpo.training.ltr import BaseConfig, FinetuneConfig, train_base
+
+DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mslr-sample" / "train.txt"
+OBJECTIVES = {
+    2: ("quality1", "url_clicks"),
+    5: ("quality1", "quality2", "query_url_clicks", "url_clicks", "dwell_time"),
+}
+QUICK = dict(d_model=16, n_heads=2, n_layers=1)
+
+
+def lightgbm_scores(train: RankingSet, vali: RankingSet, test: RankingSet, seed: int) -> np.ndarray:
+    """LightGBM lambdarank at common settings: at most 500 trees, lr 0.05, 31 leaves, early stopping on vali."""
+    model = lgb.LGBMRanker(
+        objective="lambdarank",
+        n_estimators=500,
+        learning_rate=0.05,
+        num_leaves=31,
+        min_child_samples=20,
+        random_state=seed,
+        verbose=-1,
+    )
+    model.fit(
+        train.features,
+        train.main,
+        group=train.sizes,
+        eval_X=(vali.features,),
+        eval_y=(vali.main,),
+        eval_group=[vali.sizes],
+        eval_at=[10],
+        callbacks=[lgb.early_stopping(50, verbose=False)],
+    )
+    return model.predict(test.features)
+
+
+def ratios(m: dict, baseline: str) -> dict:
+    w, b = m["wcos"], m[baseline]
+    return {
+        "hypervolume": w["hypervolume"] / b["hypervolume"],
+        "ndcg_diff": w["main_ndcg"]["mean"] - b["main_ndcg"]["mean"],
+        "steps": w["train_steps"] / b["train_steps"],
+        "seconds": w["train_seconds"] / b["train_seconds"],
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(DEFAULT))
+    ap.add_argument("--k", type=int, nargs="+", default=[2, 5], choices=sorted(OBJECTIVES))
+    ap.add_argument("--splits", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--methods", default="wcos,ls,soup,modpo")
+    ap.add_argument("--budget-ratio", type=float, default=BUDGET_RATIO)
+    ap.add_argument("--grid", type=int, default=None, help="grid weights (default: compare's, 11 and 35)")
+    ap.add_argument("--variant", type=setting, action="append", default=[], help="Weight-COS-DPO at other settings")
+    ap.add_argument("--finetune", type=setting, default={}, help="settings of every fine-tuned model")
+    ap.add_argument(
+        "--base", type=lambda t: setting(t, BaseConfig), default={}, help="base ranker settings NAME=VALUE,..."
+    )
+    ap.add_argument("--base-only", action="store_true", help="the base ranker against LightGBM only")
+    ap.add_argument("--out", default="runs/real-mslr")
+    ap.add_argument("--quick", action="store_true", help="one split and seed, tiny models, K = 2: checks the script")
+    args = ap.parse_args()
+    small = {}
+    if args.quick:
+        args.splits, args.seeds, args.k, args.grid, small = 1, 1, [2], 3, QUICK
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = tuple(args.methods.split(","))
+    schema = make_schema(dataset_width(args.data))
+    runs = []
+    for split in range(args.splits):
+        parts = {s: RankingSet.load(args.data, s, schema, split) for s in ("train", "vali", "test")}
+        for seed in range(args.seeds):
+            run = {"split": split, "seed": seed}
+            base_cfg = BaseConfig(**({"split_seed": split, "seed": seed, "progress": False} | small | args.base))
+            if args.quick:
+                base_cfg = replace(base_cfg, epochs=2)
+            t0 = time.perf_counter()
+            base, _ = train_base(args.data, out / f"base-{split}-{seed}", base_cfg, overwrite=True)
+            run["base"] = {
+                "ndcg": ndcg_report(parts["test"], score_base(base, parts["test"]))["main"],
+                "seconds": time.perf_counter() - t0,
+            }
+            t0 = time.perf_counter()
+            lgb = lightgbm_scores(parts["train"], parts["vali"], parts["test"], seed)
+            run["lightgbm"] = {"ndcg": ndcg_report(parts["test"], lgb)["main"], "seconds": time.perf_counter() - t0}
+            print(
+                f"split {split} seed {seed}: base NDCG@10 {run['base']['ndcg']:.4f}, "
+                f"LightGBM {run['lightgbm']['ndcg']:.4f}",
+                flush=True,
+            )
+            for k in [] if args.base_only else args.k:
+                train = FinetuneConfig(
+                    **(
+                        {"objectives": OBJECTIVES[k], "split_seed": split, "seed": seed, "progress": False}
+                        | small
+                        | args.finetune
+                    )
+                )
+                if args.quick:
+                    train = replace(train, epochs=2, min_steps=4)
+                where = out / f"k{k}-{split}-{seed}"
+                result = compare(
+                    args.data,
+                    out / f"base-{split}-{seed}",
+                    where,
+                    CompareConfig(
+                        train, methods=methods, grid=args.grid, budget_ratio=args.budget_ratio, overwrite=True
+                    ),
+                )
+                m = result["methods"]
+                row = {"methods": {name: _summary(f) for name, f in m.items()}}
+                row["ratios"] = {b: ratios(m, b) for b in m if b != "wcos" and "wcos" in m}
+                for i, variant in enumerate(args.variant):
+                    steps = m["wcos"]["train_steps"]
+                    cfg = replace(train, **variant, max_steps=steps, patience=0)
+                    v = compare(
+                        args.data,
+                        out / f"base-{split}-{seed}",
+                        where / f"variant-{i}",
+                        CompareConfig(cfg, methods=("wcos",), grid=len(result["weights"]), overwrite=True),
+                    )["methods"]["wcos"]
+                    row.setdefault("variants", []).append({"settings": variant} | _summary(v))
+                run[f"k{k}"] = row
+                print(_line(k, row), flush=True)
+            runs.append(run)
+            (out / "results.json").write_text(json.dumps({"settings": vars(args), "runs": runs}, indent=1))
+    print(_means(runs, args.k))
+
+
+def _summary(front: dict) -> dict:
+    return {
+        "hypervolume": front["hypervolume"],
+        "main_ndcg": front["main_ndcg"]["mean"],
+        "train_steps": front["train_steps"],
+        "train_seconds": front["train_seconds"],
+    }
+
+
+def _line(k: int, row: dict) -> str:
+    parts = [
+        f"{b}: hv x{r['hypervolume']:.3f}, NDCG {r['ndcg_diff']:+.4f}, "
+        f"steps x{r['steps']:.2f}, time x{r['seconds']:.2f}"
+        for b, r in row["ratios"].items()
+    ]
+    ref = row["methods"]["ls"]["hypervolume"] if "ls" in row["methods"] else None
+    for v in row.get("variants", []):
+        rel = f" (x{v['hypervolume'] / ref:.3f} of ls)" if ref else ""
+        parts.append(f"variant {v['settings']}: hv {v['hypervolume']:.4f}{rel}")
+    return f"  K={k} wcos against " + "; ".join(parts)
+
+
+def _means(runs: list, ks: list) -> str:
+    lines = [f"\nmean over {len(runs)} splits x seeds"]
+    base = np.array([[r["base"]["ndcg"], r["lightgbm"]["ndcg"]] for r in runs])
+    lines.append(
+        f"base ranker NDCG@10 {base[:, 0].mean():.4f} +- {base[:, 0].std():.4f}, "
+        f"LightGBM {base[:, 1].mean():.4f} +- {base[:, 1].std():.4f}"
+    )
+    for k in ks:
+        rows = [r[f"k{k}"] for r in runs if f"k{k}" in r]
+        if not rows:
+            continue
+        for b in rows[0]["ratios"]:
+            r = {key: np.mean([row["ratios"][b][key] for row in rows]) for key in rows[0]["ratios"][b]}
+            lines.append(
+                f"K={k} wcos / {b}: hypervolume x{r['hypervolume']:.3f}, main NDCG@10 {r['ndcg_diff']:+.4f}, "
+                f"steps x{r['steps']:.3f}, time x{r['seconds']:.3f}"
+            )
+        if "ls" in rows[0]["methods"]:
+            for i, v in enumerate(rows[0].get("variants", [])):
+                hv = np.mean([row["variants"][i]["hypervolume"] / row["methods"]["ls"]["hypervolume"] for row in rows])
+                lines.append(f"K={k} variant {v['settings']}: hypervolume x{hv:.3f} of ls")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -47,7 +47,7 @@ def simplex_steps(k: int) -> int:
     needs enough of them whatever the data size. With 34 training queries an
     epoch is 2 steps, so epochs and early stopping alone ended runs after a
     few dozen draws, far from the front the same model reaches later
-    (docs/results/ranking.md measures the rule on real MSLR rows).
+    (docs/ranking.md, "Budgets in steps").
     """
     return SIMPLEX_STEPS_PER_OBJECTIVE * k
 
@@ -245,8 +245,8 @@ class WeightCOSTask:
 
     def group_weights(self, step: int, groups) -> torch.Tensor:
         """(B, K): w ~ Dir(alpha) per query group, seeded by (seed, step, group), so processes,
-        micro-batches and resumed runs draw the same. Why: B draws a step at the cost of one
-        visit the corners of the simplex B times as often."""
+        micro-batches and resumed runs draw the same. Why: for the cost of one step, B draws
+        visit the simplex (its corners included) B times as often as one w a step does."""
         draws = [
             np.random.default_rng([self.cfg.seed, step, int(g)]).dirichlet(np.full(self.K, self.cfg.alpha))
             for g in groups

@@ -4,9 +4,12 @@
 
 Writes OUT/rank{R}.json: the sequences this process scored itself in the reference pass and in an LLM
 validation, the ranking groups it scored in a ranker validation, and the values each ends with.
+OUT/rank{R}.exit says whether the process group was closed before the interpreter shut down.
 """
 
+import atexit
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +26,15 @@ from cosdpo.training.llm import LLMConfig, build_policy, load_split
 from cosdpo.training.loop import make_accelerator
 
 model_dir, pairs, out, fold, base_dir = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5]
+
+
+def group_left_at_exit():  # registered first, so it runs after every exit handler the library adds
+    rank = os.environ.get("RANK", "0")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{rank}.exit").write_text(str(not torch.distributed.is_initialized()))
+
+
+atexit.register(group_left_at_exit)
 acc = make_accelerator()
 cfg = LLMConfig(
     model=model_dir, batch_size=8, held_out=0.25, lora_rank=4, prompt_tokens=2, progress=False, max_tokens=256

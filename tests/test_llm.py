@@ -478,6 +478,8 @@ def test_two_processes_each_score_half_the_reference_pass_and_validation(
     )
     one = json.loads((tmp_path / "one" / "rank0.json").read_text())
     two = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in (0, 1):  # the gloo group is closed before shutdown (left open, a process can abort at exit)
+        assert (tmp_path / "two" / f"rank{r}.exit").read_text() == "True"
     assert one["scored_here"] == one["sequences"] == one["total"]
     halves = [r["scored_here"] for r in two]
     assert sum(halves) == one["sequences"] and min(halves) >= one["sequences"] // 2 - 32  # forwards of <= 32

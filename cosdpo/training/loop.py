@@ -24,6 +24,7 @@ exactly where the checkpoint left off.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import json
@@ -188,8 +189,25 @@ def make_accelerator(report_to: str = "none", out=None) -> Accelerator:
     """
     cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     if report_to == "none":
-        return Accelerator(cpu=cpu)
-    return Accelerator(cpu=cpu, log_with=report_to, project_dir=str(out))
+        acc = Accelerator(cpu=cpu)
+    else:
+        acc = Accelerator(cpu=cpu, log_with=report_to, project_dir=str(out))
+    atexit.unregister(leave_process_group)
+    atexit.register(leave_process_group)
+    return acc
+
+
+def leave_process_group() -> None:
+    """Close the process group while Python is still whole.
+
+    A process that exits with its gloo group open can abort at
+    interpreter shutdown ("terminate called without an active
+    exception"): the group's worker threads still hold tensors whose
+    release needs the interpreter. Run at exit by every process that
+    made an accelerator; a no-op without a group.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def train(

@@ -262,6 +262,35 @@ def test_two_processes_agree_with_one(tiny_fold, tiny_base, tmp_path):
     )
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["processes"] == 2
     _same_weights(tmp_path / "one", tmp_path / "two", atol=1e-4)
+    # the optimizer's state is saved whole, by parameter name: two processes' checkpoint resumes on one
+    ckpt = tmp_path / "two" / "checkpoint"
+    names = set(json.loads((ckpt / "optimizer.json").read_text())["state"])
+    assert names and names <= set(load_file(str(ckpt / "model.safetensors")))
+    more = list(args)
+    more[more.index("--epochs") + 1] = "3"
+    before = json.loads((tmp_path / "two" / "train_log.json").read_text())
+    subprocess.run(
+        [sys.executable, "-m", "cosdpo", *more, "--out", str(tmp_path / "two"), "--resume"], check=True, env=env
+    )
+    after = json.loads((tmp_path / "two" / "train_log.json").read_text())
+    assert len(after) == 3 and after[:2] == before  # continued, not started again
+    subprocess.run([sys.executable, "-m", "cosdpo", *more, "--out", str(tmp_path / "three")], check=True, env=env)
+    _same_weights(tmp_path / "three", tmp_path / "two", atol=1e-4)
+
+
+@pytest.mark.slow
+def test_optimizer_state_is_saved_whole_and_resumes_under_fsdp(tmp_path):
+    """torch's FSDP2 on two CPU processes (tests/fsdp_checkpoint.py): the saved Adam state equals one unsharded
+    process's, and a sharded model resumed from it takes the same next step as the run it continues."""
+    script = os.path.join(os.path.dirname(__file__), "fsdp_checkpoint.py")
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", script, str(tmp_path)]
+    subprocess.run(run, check=True, env=env)
+    for r in (0, 1):
+        got = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert got["names"] == ["0.weight", "2.bias", "2.weight"]  # by name, the frozen bias left out
+        assert got["state_vs_unsharded"] < 1e-6 and got["continued_vs_unsharded"] < 1e-6
+        assert got["resumed_vs_continued"] == 0.0 and got["moved"] > 0.1
 
 
 def test_scoring_many_weights_at_once_equals_one_at_a_time(tiny_fold, tiny_base, tmp_path):

@@ -4,7 +4,9 @@
 is left out), the best model so far, the optimizer, the random state of the
 CPU and of every CUDA device, and the trainer state, all in safetensors and
 JSON (no pickle), swapped in atomically. The model's tensors are gathered
-through Accelerate, so sharded training (FSDP) writes whole tensors.
+through Accelerate and the optimizer's through torch's distributed
+state-dict helpers, keyed by parameter name: sharded training (FSDP)
+writes whole tensors, and a checkpoint resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 
 from ..atomic import atomic_dir, check_format, recover_dir, write_json
 
 CHECKPOINT = "checkpoint"
 # settings that may change when a run is resumed
 RESUMABLE = ("epochs", "max_steps", "min_steps", "progress", "patience", "checkpoint_every")
-CHECKPOINT_FORMAT = {"format": "cosdpo-checkpoint", "version": 1}
+CHECKPOINT_FORMAT = {"format": "cosdpo-checkpoint", "version": 2}  # 2: optimizer state keyed by name
 
 
 def job_settings(cfg, **extra) -> dict:
@@ -44,23 +47,37 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
+def optimizer_state(model, optimizer) -> dict:
+    """The optimizer's state, whole and keyed by parameter name, on the CPU.
+
+    ``model`` may be the prepared (wrapped, possibly sharded) model; under
+    FSDP this gathers every shard, so every process must call it.
+    """
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model, optimizer, saved: dict):
+    """Load ``optimizer_state``'s dict into ``optimizer`` (of the prepared model: each shard takes its part)."""
+    set_optimizer_state_dict(model, optimizer, saved, options=StateDictOptions(full_state_dict=True))
+
+
 def _flatten_optimizer(opt_state: dict):
     tensors, meta = {}, {"param_groups": opt_state["param_groups"], "state": {}}
-    for pid, st in opt_state["state"].items():
-        meta["state"][str(pid)] = {}
+    for name, st in opt_state["state"].items():
+        meta["state"][name] = {}
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+                tensors[f"{name}.{k}"] = v.detach().cpu().contiguous()
             else:
-                meta["state"][str(pid)][k] = v
+                meta["state"][name][k] = v
     return tensors, meta
 
 
 def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
-    state = {int(pid): dict(extra) for pid, extra in meta["state"].items()}
+    state = {name: dict(extra) for name, extra in meta["state"].items()}
     for key, v in tensors.items():
-        pid, k = key.split(".", 1)
-        state[int(pid)][k] = v
+        name, k = key.rsplit(".", 1)  # parameter names have dots; Adam's state keys have none
+        state[name][k] = v
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
@@ -102,19 +119,22 @@ def load_trained(model, tensors: dict):
         raise ValueError(f"the checkpoint holds tensors this model lacks: {unexpected[:3]}")
 
 
-def save_checkpoint(path: Path, tensors: dict, best_state, optimizer, state: TrainState, job: dict):
-    """``tensors``: ``trained_state`` of the model (gathered on every process before the main one writes)."""
+def save_checkpoint(path: Path, tensors: dict, best_state, opt_state: dict, state: TrainState, job: dict):
+    """``tensors`` and ``opt_state``: ``trained_state`` and ``optimizer_state`` (gathered on every process
+    before the main one writes)."""
     with atomic_dir(path) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"))
         if best_state is not None:
             save_file(best_state, str(tmp / "best.safetensors"))
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        opt_tensors, opt_meta = _flatten_optimizer(opt_state)
         save_file(opt_tensors | rng_states(), str(tmp / "optimizer.safetensors"))
         write_json(tmp / "optimizer.json", opt_meta)
         write_json(tmp / "state.json", CHECKPOINT_FORMAT | {"state": asdict(state), "job": job})
 
 
-def load_checkpoint(path: Path, model, optimizer, job: dict):
+def load_checkpoint(path: Path, model, job: dict):
+    """Load the model's tensors and the random states; return the trainer state, the best model so far and
+    the optimizer's state (for ``load_optimizer_state`` once the model is prepared)."""
     found = recover_dir(path)
     if found is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {path.parent}")
@@ -127,10 +147,10 @@ def load_checkpoint(path: Path, model, optimizer, job: dict):
     load_trained(model, load_file(str(found / "model.safetensors")))
     opt_tensors = load_file(str(found / "optimizer.safetensors"))
     set_rng_states(opt_tensors)
-    optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, json.loads((found / "optimizer.json").read_text())))
+    opt_state = _unflatten_optimizer(opt_tensors, json.loads((found / "optimizer.json").read_text()))
     best = found / "best.safetensors"
     best_state = load_file(str(best)) if best.exists() else None
-    return TrainState(**saved["state"]), best_state
+    return TrainState(**saved["state"]), best_state, opt_state
 
 
 def keep_steps(path: Path, last_step: int):

@@ -48,7 +48,9 @@ from .checkpoint import (
     TrainState,
     keep_steps,
     load_checkpoint,
+    load_optimizer_state,
     load_trained,
+    optimizer_state,
     save_checkpoint,
     trained_state,
 )
@@ -231,10 +233,12 @@ def train(
     groups = task.param_groups(model) if hasattr(task, "param_groups") else trainable
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]  # before a checkpoint's (decayed) lrs are loaded
-    state, best_state = TrainState(), None
+    state, best_state, opt_state = TrainState(), None, None
     if resume:
-        state, best_state = load_checkpoint(ckpt_path, model, optimizer, job)
+        state, best_state, opt_state = load_checkpoint(ckpt_path, model, job)
     ddp_model, optimizer = acc.prepare(model, optimizer)
+    if opt_state is not None:  # into the prepared model's optimizer: under FSDP each process takes its shards
+        load_optimizer_state(ddp_model, optimizer.optimizer, opt_state)
     world, rank = acc.num_processes, acc.process_index
     steps_file = out_dir / STEPS_FILE
     if acc.is_main_process:
@@ -268,8 +272,9 @@ def train(
 
     def checkpoint():
         tensors = trained_state(ddp_model, acc)  # on every process: sharded training gathers here
+        opt_state = optimizer_state(ddp_model, optimizer.optimizer)
         if acc.is_main_process:
-            save_checkpoint(ckpt_path, tensors, best_state, optimizer.optimizer, state, job)
+            save_checkpoint(ckpt_path, tensors, best_state, opt_state, state, job)
         acc.wait_for_everyone()
 
     bar = tqdm(
@@ -334,7 +339,7 @@ def train(
             record["val"] = score
             if score > state.best or best_state is None:
                 state.best, state.best_epoch, state.bad_epochs = score, state.epoch, 0
-                best_state = trained_state(model)
+                best_state = trained_state(ddp_model, acc)  # every process validates: each gathers
             else:
                 state.bad_epochs += 1
                 if cfg.patience and state.bad_epochs >= cfg.patience and state.global_step >= min_steps:

@@ -2,7 +2,7 @@
 
     python benchmarks/real_mslr.py [--data FILE] [--k 2 5] [--splits 5] [--seeds 3]
         [--methods wcos,ls,soup,modpo] [--budget-ratio 0.3] [--variant NAME=VALUE,...]
-        [--base NAME=VALUE,...] [--out DIR] [--quick]
+        [--base NAME=VALUE,...] [--out DIR] [--reuse] [--quick]
 
 Query-level cross-validation: split s is the seeded 60/20/20 split of the
 file's queries (train / validation, for early stopping and model choice /
@@ -14,6 +14,8 @@ hypervolume of Weight-COS-DPO / B's, main NDCG@10 of Weight-COS-DPO - B's,
 and Weight-COS-DPO's optimizer steps and training seconds / B's.
 ``--variant`` adds Weight-COS-DPO runs at other settings, each at the same
 number of steps as the compared one (e.g. ``--variant weight_sampling=group``).
+``--reuse`` keeps the base rankers and comparisons already in OUT and runs
+only the variants, so settings can be tried against fronts trained once.
 Everything is written to OUT/results.json.
 """
 
@@ -32,6 +34,7 @@ from wcos_budget import setting  # beside this script
 from cosdpo.data import RankingSet, make_schema
 from cosdpo.data.letor import dataset_width
 from cosdpo.evaluation.front import ndcg_report, score_base
+from cosdpo.models.ranker import load_ranker
 from cosdpo.training.compare import BUDGET_RATIO, CompareConfig, compare
 from cosdpo.training.ltr import BaseConfig, FinetuneConfig, train_base
 
@@ -93,6 +96,7 @@ def main():
     )
     ap.add_argument("--base-only", action="store_true", help="the base ranker against LightGBM only")
     ap.add_argument("--out", default="runs/real-mslr")
+    ap.add_argument("--reuse", action="store_true", help="keep the base rankers and comparisons already in --out")
     ap.add_argument("--quick", action="store_true", help="one split and seed, tiny models, K = 2: checks the script")
     args = ap.parse_args()
     small = {}
@@ -111,7 +115,10 @@ def main():
             if args.quick:
                 base_cfg = replace(base_cfg, epochs=2)
             t0 = time.perf_counter()
-            base, _ = train_base(args.data, out / f"base-{split}-{seed}", base_cfg, overwrite=True)
+            if args.reuse and (out / f"base-{split}-{seed}" / "model.safetensors").is_file():
+                base = load_ranker(out / f"base-{split}-{seed}")
+            else:
+                base, _ = train_base(args.data, out / f"base-{split}-{seed}", base_cfg, overwrite=True)
             run["base"] = {
                 "ndcg": ndcg_report(parts["test"], score_base(base, parts["test"]))["main"],
                 "seconds": time.perf_counter() - t0,
@@ -135,14 +142,20 @@ def main():
                 if args.quick:
                     train = replace(train, epochs=2, min_steps=4)
                 where = out / f"k{k}-{split}-{seed}"
-                result = compare(
-                    args.data,
-                    out / f"base-{split}-{seed}",
-                    where,
-                    CompareConfig(
-                        train, methods=methods, grid=args.grid, budget_ratio=args.budget_ratio, overwrite=True
-                    ),
-                )
+                if args.reuse and (where / "compare.json").is_file():
+                    result = json.loads((where / "compare.json").read_text())
+                    same = result["settings"]["budget_ratio"] == args.budget_ratio
+                    if set(result["methods"]) != set(methods) or not same:
+                        raise SystemExit(f"--reuse: {where} compared other methods or another budget ratio")
+                else:
+                    result = compare(
+                        args.data,
+                        out / f"base-{split}-{seed}",
+                        where,
+                        CompareConfig(
+                            train, methods=methods, grid=args.grid, budget_ratio=args.budget_ratio, overwrite=True
+                        ),
+                    )
                 m = result["methods"]
                 row = {"methods": {name: _summary(f) for name, f in m.items()}}
                 row["ratios"] = {b: ratios(m, b) for b in m if b != "wcos" and "wcos" in m}

@@ -129,3 +129,11 @@ def test_real_mslr_benchmark(tmp_path):
     assert 0.2 < number(r"K=2 wcos / ls: .* steps x([\d.]+)", out) < 0.4  # the compare rule: 0.3 of DPO-LS's steps
     runs = json.loads((tmp_path / "r" / "results.json").read_text())["runs"]
     assert set(runs[0]["k2"]["ratios"]) == {"ls", "soup", "modpo"} and runs[0]["lightgbm"]["ndcg"] > 0
+    # --reuse: the fronts trained once, only the variant trains
+    stamp = (tmp_path / "r" / "k2-0-0" / "compare.json").stat().st_mtime_ns
+    bench(
+        "real_mslr.py", "--data", MSLR_SAMPLE, "--out", tmp_path / "r", "--reuse", "--variant", "alpha=1", cwd=tmp_path
+    )
+    again = json.loads((tmp_path / "r" / "results.json").read_text())["runs"][0]["k2"]
+    assert (tmp_path / "r" / "k2-0-0" / "compare.json").stat().st_mtime_ns == stamp
+    assert again["methods"] == runs[0]["k2"]["methods"] and again["variants"][0]["settings"] == {"alpha": 1.0}

@@ -1,19 +1,27 @@
 """Training throughput: groups/s, documents/s and achieved GFLOP/s.
 
-    python benchmarks/throughput.py [--queries 600] [--steps 60] [--device cuda] [--precision bf16]
+    python benchmarks/throughput.py [--queries 600] [--steps 60] [--data FILE] [--device cuda] [--precision bf16]
 
 Times the real training step (``cosdpo.training.loop.train_step``) of the base
 ranker (ListNet) and of Weight-COS-DPO fine-tuning on synthetic data, and
 compares the achieved float32 rate with a plain matmul measured in the same
 run. FLOPs are counted analytically over the padded positions the machine
 actually computes (forward + backward ~ 3x forward).
+
+Where allRank 1.4.3 is installed (``pip install --no-deps allRank==1.4.3``:
+its own requirements pin a torch from 2021), the same rows also train through
+allRank's own path: its dataset (every list padded to the longest, no
+document dropped), data loader, transformer of the same width, depth, heads,
+feed-forward width and dropout, ListNet loss and ``loss_batch`` step.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +90,89 @@ def measure(
     return groups_done / seconds, docs / seconds, flops / seconds / 1e9
 
 
+def import_allrank():
+    """allRank's training modules, or None. At import, allRank reaches for torchvision (only for
+    ``transforms.Compose``) and for Google Cloud Storage file helpers (gcsfs, pkg_resources); where those are
+    absent, a plain Compose and local ``open`` stand in: neither is on the path measured here."""
+    try:
+        import allrank  # noqa: F401
+    except ImportError:
+        return None
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        transforms = types.ModuleType("torchvision.transforms")
+
+        class Compose:
+            def __init__(self, steps):
+                self.steps = steps
+
+            def __call__(self, sample):
+                for step in self.steps:
+                    sample = step(sample)
+                return sample
+
+        transforms.Compose = Compose
+        sys.modules["torchvision"] = types.ModuleType("torchvision")
+        sys.modules["torchvision"].transforms = transforms
+        sys.modules["torchvision.transforms"] = transforms
+    try:
+        import allrank.utils.file_utils  # noqa: F401
+    except ImportError:
+        files = types.ModuleType("allrank.utils.file_utils")
+        files.open_local_or_gs, files.is_gs_path, files.copy_file_to_local = open, lambda uri: False, str
+        sys.modules["allrank.utils.file_utils"] = files
+    from allrank import config, models, training  # noqa: F401
+    from allrank.data import dataset_loading
+    from allrank.models.losses import listNet
+    from allrank.models.model import make_model
+    from allrank.training.train_utils import loss_batch
+
+    return types.SimpleNamespace(
+        TransformerConfig=config.TransformerConfig,
+        PADDED_Y_VALUE=dataset_loading.PADDED_Y_VALUE,
+        FixLength=dataset_loading.FixLength,
+        LibSVMDataset=dataset_loading.LibSVMDataset,
+        ToTensor=dataset_loading.ToTensor,
+        Compose=sys.modules["torchvision.transforms"].Compose,
+        listNet=listNet,
+        make_model=make_model,
+        loss_batch=loss_batch,
+    )
+
+
+def measure_allrank(ar, data: RankingSet, cfg: ScorerConfig, batch_size: int, steps: int) -> tuple:
+    """allRank's training step on the same rows, input features and labels: (groups/s, docs/s)."""
+    from scipy.sparse import csr_matrix
+    from torch.utils.data import DataLoader
+
+    inputs = data.features
+    qids = np.repeat(np.arange(len(data.sizes)), data.sizes)
+    ds = ar.LibSVMDataset(csr_matrix(inputs), data.main.astype(np.float64), qids)
+    ds.transform = ar.Compose([ar.FixLength(int(ds.longest_query_length)), ar.ToTensor()])
+    layers = ar.TransformerConfig(
+        N=cfg.n_layers, d_ff=cfg.ff_mult * cfg.d_model, h=cfg.n_heads, dropout=cfg.dropout, positional_encoding=None
+    )
+    fc = {"sizes": [cfg.d_model], "input_norm": True, "activation": "ReLU", "dropout": 0.0}
+    model = ar.make_model(fc, layers, {"d_output": 1}, inputs.shape[1])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
+    batches = iter(b for _ in range(100) for b in loader)
+
+    def step():
+        xb, yb, idx = next(batches)
+        ar.loss_batch(model, ar.listNet, xb, yb, idx, 1.0, opt)
+        return (yb != ar.PADDED_Y_VALUE).sum().item()
+
+    for _ in range(5):  # warm-up
+        step()
+    t0 = time.perf_counter()
+    docs = sum(step() for _ in range(steps))
+    seconds = time.perf_counter() - t0
+    return steps * batch_size / seconds, docs / seconds
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=600)
@@ -120,6 +211,9 @@ def main():
             *measure(dropped, ListNetTask(None, 10), data, args.batch_size, args.steps, 131, dropped_cfg, **run),
         )
     )
+    allrank = import_allrank() if args.device == "cpu" else None
+    if allrank is not None:
+        rows.append(("allRank 1.4.3", *measure_allrank(allrank, data, base_cfg, args.batch_size, args.steps), None))
     base.cpu()
     data.ref = score_base(base, data)
     model = ConditionedRanker(base, schema, ft_cfg)
@@ -128,8 +222,13 @@ def main():
     print(f"{args.device} {args.precision} matmul (same run): {peak:.1f} GFLOP/s; {torch.get_num_threads()} threads")
     print(f"{'':18}{'groups/s':>10}{'docs/s':>10}{'GFLOP/s':>10}{'of matmul':>11}")
     for name, gps, dps, gf in rows:
-        print(f"{name:18}{gps:10.1f}{dps:10.0f}{gf:10.2f}{gf / peak:10.1%}")
+        rate = "" if gf is None else f"{gf:10.2f}{gf / peak:10.1%}"
+        print(f"{name:18}{gps:10.1f}{dps:10.0f}{rate}")
     print(f"base without / with attention dropout: {rows[0][2] / rows[1][2]:.2f}x the docs/s")
+    if allrank is None:
+        print("allRank: not installed (pip install --no-deps allRank==1.4.3)")
+    else:
+        print(f"base / allRank 1.4.3: {rows[0][2] / rows[2][2]:.2f}x the docs/s")
     print(f"(batch {args.batch_size} groups, mean group size {np.mean(data.sizes):.1f}, {args.steps} timed steps)")
 
 

@@ -46,6 +46,7 @@ def test_ranking_benchmarks(tmp_path):
     assert number(r"wcos .*\(([\d.]+) of DPO-LS\), main", out) > 0
     out = bench("throughput.py", cwd=tmp_path)
     assert number(r"Weight-COS-DPO\s+[\d.]+\s+([\d.]+)", out) > 0  # documents per second
+    assert number(r"base / allRank 1.4.3: ([\d.]+)x the docs/s", out) > 0  # allRank's own step, same rows
     out = bench("parse_cache.py", cwd=tmp_path)
     assert number(r"([\d.]+)x faster", out) > 1
     out = bench("temperature.py", "--out", tmp_path / "t", cwd=tmp_path)

@@ -6,7 +6,8 @@ Times the real training step (``cosdpo.training.loop.train_step``) of the base
 ranker (ListNet) and of Weight-COS-DPO fine-tuning on synthetic data, and
 compares the achieved float32 rate with a plain matmul measured in the same
 run. FLOPs are counted analytically over the padded positions the machine
-actually computes (forward + backward ~ 3x forward).
+actually computes (forward + backward ~ 3x forward): a step pads each run of
+similar list lengths on its own (``RankingSet.length_buckets``).
 
 Where allRank 1.4.3 is installed (``pip install --no-deps allRank==1.4.3``:
 its own requirements pin a torch from 2021), the same rows also train through
@@ -81,10 +82,10 @@ def measure(
     for i, groups in enumerate(batches[5:]):
         with autocast:
             train_step(model, task, data, groups, i, acc, opt, trainable, settings)
-        sizes = data.sizes[groups]
         groups_done += len(groups)
-        docs += int(sizes.sum())
-        flops += 3 * forward_flops(in_dim, cfg, len(groups), int(sizes.max()))
+        docs += int(data.sizes[groups].sum())
+        for run in data.length_buckets(groups):  # the padded forwards the step ran
+            flops += 3 * forward_flops(in_dim, cfg, len(run), int(data.sizes[run].max()))
     sync(device)
     seconds = time.perf_counter() - t0
     return groups_done / seconds, docs / seconds, flops / seconds / 1e9

@@ -142,6 +142,27 @@ class RankingSet:
         order = rng.permutation(len(batches))
         return [batches[i] for i in order]
 
+    def length_buckets(self, groups, ratio: float = 1.5, min_groups: int = 4) -> list[np.ndarray]:
+        """One training batch's groups in runs of similar length, to be padded and run separately.
+
+        Why: a batch is padded to its longest group, and attention costs the
+        square of the padded length. On MSLR's lists (50 to 300 documents in
+        one batch is common) one padded batch computes 2.4x the positions and
+        4.6x the attention of its real documents. Groups are sorted by size
+        and a run closes when the next group is over ``ratio`` times its
+        first (and the run has ``min_groups``); the step's losses are sums
+        over groups, so the runs together give exactly the batch's losses.
+        """
+        groups = np.asarray(groups)
+        order = groups[np.argsort(self.sizes[groups], kind="stable")]
+        sizes = self.sizes[order]
+        runs, start = [], 0
+        for i in range(1, len(order)):
+            if sizes[i] > ratio * sizes[start] and i - start >= min_groups:
+                runs.append(order[start:i])
+                start = i
+        return runs + [order[start:]] if len(order) else runs
+
     def eval_batches(self, max_items: int = 16384) -> list[np.ndarray]:
         """Fixed inference batches in length order, each at most ``max_items`` padded slots.
 

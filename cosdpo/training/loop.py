@@ -393,6 +393,16 @@ class NonFiniteLoss(ArithmeticError):
         self.objectives = objectives
 
 
+def batch_terms(task, model, data, groups, step, device):
+    """``task.terms`` over ``groups``: for ranking data, one forward per run of similar list lengths
+    (``RankingSet.length_buckets``), whose per-objective sums and counts add up to the batch's."""
+    runs = data.length_buckets(groups) if hasattr(data, "length_buckets") else [groups]
+    parts = [task.terms(model, data.batch(run, device), step) for run in runs]
+    if len(parts) == 1:
+        return parts[0]
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
 def train_step(model, task, data, groups, step, acc, optimizer, trainable, cfg: TrainConfig) -> dict:
     """One optimizer step over this process's ``groups``, in ``grad_accum`` micro-batches.
 
@@ -416,7 +426,7 @@ def train_step(model, task, data, groups, step, acc, optimizer, trainable, cfg: 
     for i, chunk in enumerate(chunks):
         sync = acc.no_sync(model) if i < len(chunks) - 1 else contextlib.nullcontext()
         with sync:
-            sums, counts = task.terms(model, data.batch(chunk, acc.device), step)
+            sums, counts = batch_terms(task, model, data, chunk, step, acc.device)
             g_sums = acc.reduce(sums.detach().clone(), "sum")
             g_counts = acc.reduce(counts.detach().to(sums.dtype).clone(), "sum")
             losses = (g_sums / g_counts.clamp_min(1)).requires_grad_(True)

@@ -1,6 +1,6 @@
 """Weight-COS-DPO against retraining, and the base ranker against LightGBM, on real MSLR rows.
 
-    python benchmarks/real_mslr.py [--data FILE] [--k 2 5] [--splits 5] [--seeds 3]
+    python benchmarks/real_mslr.py [--data FILE] [--k 2 5] [--splits 5] [--first-split 0] [--seeds 3]
         [--methods wcos,ls,soup,modpo] [--budget-ratio 0.3] [--variant NAME=VALUE,...]
         [--base NAME=VALUE,...] [--out DIR] [--reuse] [--quick]
 
@@ -87,6 +87,7 @@ def main():
     ap.add_argument("--data", default=str(DEFAULT))
     ap.add_argument("--k", type=int, nargs="+", default=[2, 5], choices=sorted(OBJECTIVES))
     ap.add_argument("--splits", type=int, default=5)
+    ap.add_argument("--first-split", type=int, default=0, help="run splits FIRST..SPLITS-1 (to add one to a table)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--methods", default="wcos,ls,soup,modpo")
     ap.add_argument("--budget-ratio", type=float, default=BUDGET_RATIO)
@@ -109,7 +110,7 @@ def main():
     methods = tuple(args.methods.split(","))
     schema = make_schema(dataset_width(args.data))
     runs = []
-    for split in range(args.splits):
+    for split in range(args.first_split, args.splits):
         parts = {s: RankingSet.load(args.data, s, schema, split) for s in ("train", "vali", "test")}
         for seed in range(args.seeds):
             run = {"split": split, "seed": seed}

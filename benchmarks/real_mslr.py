@@ -1,6 +1,6 @@
 """Weight-COS-DPO against retraining, and the base ranker against LightGBM, on real MSLR rows.
 
-    python benchmarks/real_mslr.py [--data FILE] [--k 2 5] [--splits 5] [--first-split 0] [--seeds 3]
+    python benchmarks/real_mslr.py [--data FILE] [--k 2 5] [--splits 5] [--first-split 0] [--seeds 3] [--first-seed 0]
         [--methods wcos,ls,soup,modpo] [--budget-ratio 0.3] [--variant NAME=VALUE,...]
         [--base NAME=VALUE,...] [--out DIR] [--reuse] [--quick]
 
@@ -88,6 +88,7 @@ def main():
     ap.add_argument("--k", type=int, nargs="+", default=[2, 5], choices=sorted(OBJECTIVES))
     ap.add_argument("--splits", type=int, default=5)
     ap.add_argument("--first-split", type=int, default=0, help="run splits FIRST..SPLITS-1 (to add one to a table)")
+    ap.add_argument("--first-seed", type=int, default=0, help="run seeds FIRST..SEEDS-1 (to add one to a table)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--methods", default="wcos,ls,soup,modpo")
     ap.add_argument("--budget-ratio", type=float, default=BUDGET_RATIO)
@@ -112,7 +113,7 @@ def main():
     runs = []
     for split in range(args.first_split, args.splits):
         parts = {s: RankingSet.load(args.data, s, schema, split) for s in ("train", "vali", "test")}
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.seeds):
             run = {"split": split, "seed": seed}
             base_cfg = BaseConfig(**({"split_seed": split, "seed": seed, "progress": False} | small | args.base))
             if args.quick:

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from cosdpo.atomic import clean_partial_writes, write_json
 from cosdpo.cli import app
 
+from .conftest import TINY
+
 runner = CliRunner()
 SMALL = ["--d-model", "16", "--heads", "2", "--layers", "1", "--no-progress", "--min-steps", "0"]
 ROW = " ".join(f"{j}:{(j % 7) / 3:.2f}" for j in range(1, 137))
@@ -40,22 +42,14 @@ def cli(args, code=2):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, tiny_fold, tiny_base):
     """A trained conditioned ranker and a few broken data files."""
-    from cosdpo.training.ltr import FinetuneConfig, finetune
+    from cosdpo.training.ltr import FinetuneConfig, finetune  # here: this file's finetune() builds CLI args
 
     root = tmp_path_factory.mktemp("bad")
     finetune(
         tiny_fold,
         tiny_base,
         root / "wcos",
-        FinetuneConfig(
-            objectives=("quality1", "quality2"),
-            epochs=1,
-            d_model=16,
-            n_heads=2,
-            n_layers=1,
-            progress=False,
-            min_steps=0,
-        ),
+        FinetuneConfig(objectives=("quality1", "quality2"), epochs=1, **TINY),
     )
     files = {
         "wide.txt": letor(extra=f"1 qid:99 {ROW} 137:1\n"),

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cosdpo.data.preferences import load_preferences
@@ -41,10 +42,14 @@ def timed(fn, steps):
 
 
 def hh_batches(path, tokenizer, batch: int, length: int, n: int) -> list[dict]:
-    """``n`` batches of ``batch`` helpful HH-RLHF pairs of at most ``length`` tokens, in file order."""
+    """``n`` batches of ``batch`` helpful HH-RLHF pairs of at most ``length`` tokens, in file order, each
+    pair as its two padded sequences."""
     pairs, _ = load_preferences(path, "hh", "helpful")
     data = PreferenceSet.build(pairs[:400], tokenizer, ["helpful"], length)
-    return [data.batch(list(range(i * batch, (i + 1) * batch))) for i in range(n)]
+    return [
+        data.pad(np.r_[data.chosen[i * batch : (i + 1) * batch], data.rejected[i * batch : (i + 1) * batch]])
+        for i in range(n)
+    ]
 
 
 def bench_args(doc: str) -> argparse.Namespace:

@@ -17,7 +17,8 @@ training seconds / B's.
 ``--variant`` adds Weight-COS-DPO runs at other settings, each at the same
 number of steps as the compared one (e.g. ``--variant weight_sampling=group``).
 ``--reuse`` keeps the base rankers and comparisons already in OUT and runs
-only the variants, so settings can be tried against fronts trained once.
+only the variants, so settings can be tried against fronts trained once, and
+any baseline (soup, modpo) a comparison lacks.
 Everything is written to OUT/results.json.
 """
 
@@ -148,9 +149,12 @@ def main():
                 where = out / f"k{k}-{split}-{seed}"
                 if args.reuse and (where / "compare.json").is_file():
                     result = json.loads((where / "compare.json").read_text())
-                    same = result["settings"]["budget_ratio"] == args.budget_ratio
-                    if set(result["methods"]) != set(methods) or not same:
-                        raise SystemExit(f"--reuse: {where} compared other methods or another budget ratio")
+                    if result["settings"]["budget_ratio"] != args.budget_ratio:
+                        raise SystemExit(f"--reuse: {where} was compared at another budget ratio")
+                    result["methods"] |= baselines_added(
+                        args, where, out / f"base-{split}-{seed}", train, result, methods
+                    )
+                    result["methods"] = {m: result["methods"][m] for m in methods}
                 else:
                     result = compare(
                         args.data,
@@ -178,6 +182,21 @@ def main():
             runs.append(run)
             (out / "results.json").write_text(json.dumps({"settings": vars(args), "runs": runs}, indent=1))
     print(_means(runs, args.k))
+
+
+def baselines_added(args, where: Path, base_dir: Path, train, result: dict, methods) -> dict:
+    """--reuse with baselines the comparison in ``where`` lacks: they train at its grid into
+    ``where/added`` (kept for the next --reuse); Weight-COS-DPO's budget depends on DPO-LS's, so neither
+    can be added."""
+    added = where / "added" / "compare.json"
+    have = json.loads(added.read_text())["methods"] if added.is_file() else {}
+    missing = tuple(m for m in methods if m not in result["methods"] and m not in have)
+    if {"wcos", "ls"} & set(missing):
+        raise SystemExit(f"--reuse: {where} has no {' or '.join(sorted({'wcos', 'ls'} & set(missing)))} to reuse")
+    if missing:
+        cfg = CompareConfig(train, methods=missing, grid=len(result["weights"]), overwrite=True)
+        have |= compare(args.data, base_dir, added.parent, cfg)["methods"]
+    return have
 
 
 def _summary(front: dict) -> dict:

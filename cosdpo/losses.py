@@ -143,3 +143,32 @@ def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_ma
     logp = torch.log_softmax(logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     token = logp.gather(-1, input_ids[:, offset + 1 :, None]).squeeze(-1)
     return torch.where(response_mask[:, offset + 1 :], token, torch.zeros_like(token)).sum(dim=-1)
+
+
+def pair_window(packed: dict) -> int:
+    """How many last positions' logits ``pair_logprobs`` needs for pairs packed by ``pack_pairs``:
+    from the earliest prompt end (whose logits predict both responses' first token) to the end."""
+    return packed["input_ids"].shape[1] - int(packed["chosen_at"][:, 0].min())
+
+
+def pair_logprobs(logits: torch.Tensor, packed: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(chosen | x), log pi(rejected | x)) per row of pairs packed by ``data.tokenize.pack_pairs``.
+
+    ``logits`` (B, L, V) cover the last L positions (``pair_window``). Each
+    response token's log-prob is its logit less the position's logsumexp,
+    gathered at the position that predicts it, so no (B, L, V) log-softmax
+    is materialised.
+    """
+    offset = packed["input_ids"].shape[1] - logits.shape[1]
+    if offset < 0 or int(packed["chosen_at"][:, 0].min()) < offset:
+        raise ValueError(f"logits for the last {logits.shape[1]} positions miss response tokens (see pair_window)")
+    # at least float32: summing a few hundred bf16 log-probs loses the margin DPO looks at
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    lse = torch.logsumexp(logits, dim=-1)
+    rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+    out = []
+    for side in ("chosen", "rejected"):
+        at, mask = (packed[f"{side}_at"] - offset).clamp_min(0), packed[f"{side}_mask"]
+        token = logits[rows, at, packed[f"{side}_ids"]] - lse[rows, at]
+        out.append(torch.where(mask, token, torch.zeros_like(token)).sum(dim=-1))
+    return out[0], out[1]

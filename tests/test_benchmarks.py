@@ -62,7 +62,9 @@ def test_llm_benchmarks(tiny_llm, tmp_path):
     out = bench("precision.py", "--model", tiny_llm, "--data", helpful, cwd=tmp_path)
     assert number(r"bf16 \+ eager: training step [\d.]+ s, ratio ([\d.]+)", out) > 0
     out = bench("trl_step.py", "--model", tiny_llm, "--data", helpful, cwd=tmp_path)
-    assert number(r"ratio ours / TRL, median step = ([\d.]+)", out) > 0
+    assert number(r"ratio ours / TRL, median step: ([\d.]+) against TRL with its reference cached", out) > 0
+    assert number(r"one epoch \(steps and reference pass\): ([\d.]+)", out) > 0
+    assert number(r"with precompute_ref_log_probs .*; reference pass ([\d.]+) s", out) > 0
     out = bench("hh_front.py", "--model", tiny_llm, "--data", HH, "--out", tmp_path / "hh", cwd=tmp_path)
     assert 0 <= number(r"hypervolume ([\d.]+)", out) <= 1
     assert "length-balanced accuracy" in out
@@ -96,7 +98,7 @@ def test_gpu_check_runs_on_the_cpu(tiny_llm, tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     for precision in ("fp32", "bf16"):
         assert f"cpu {precision} matmul" in res.stdout
-    assert number(r"ratio ours / TRL, median step = ([\d.]+)", res.stdout) > 0
+    assert number(r"ratio ours / TRL, median step: ([\d.]+) against", res.stdout) > 0
     assert "cpu bf16" in res.stdout.split("SmolLM2 training step")[1]
 
 
@@ -138,3 +140,10 @@ def test_real_mslr_benchmark(tmp_path):
     again = json.loads((tmp_path / "r" / "results.json").read_text())["runs"][0]["k2"]
     assert (tmp_path / "r" / "k2-0-0" / "compare.json").stat().st_mtime_ns == stamp
     assert again["methods"] == runs[0]["k2"]["methods"] and again["variants"][0]["settings"] == {"alpha": 1.0}
+    # --reuse adds a baseline a comparison lacks: the same front as trained beside the others
+    bench("real_mslr.py", "--data", MSLR_SAMPLE, "--out", tmp_path / "s", "--methods", "wcos,ls", cwd=tmp_path)
+    bench("real_mslr.py", "--data", MSLR_SAMPLE, "--out", tmp_path / "s", "--reuse", cwd=tmp_path)
+    added = json.loads((tmp_path / "s" / "results.json").read_text())["runs"][0]["k2"]["methods"]
+    assert (tmp_path / "s" / "k2-0-0" / "added" / "compare.json").is_file()
+    for m in ("wcos", "ls", "soup", "modpo"):
+        assert added[m]["hypervolume"] == runs[0]["k2"]["methods"][m]["hypervolume"], m

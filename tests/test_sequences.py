@@ -91,6 +91,32 @@ def test_logits_of_the_response_window_only_give_the_same_logprobs():
     assert response_window(first) == 4
 
 
+def test_packed_pair_logprobs_against_a_loop_and_the_window():
+    """pair_logprobs on pack_pairs rows: each response token's log-softmax at the position that predicts
+    it, the rejected response's first token at the prompt's last position; a smaller window fails."""
+    from cosdpo.data.tokenize import pack_pairs
+    from cosdpo.losses import pair_logprobs, pair_window
+
+    triples = [([1, 2, 3], [4, 5], [6, 7, 8]), ([1, 9], [3, 3, 3, 3], [5]), ([2, 2, 2, 2], [7], [8, 9])]
+    b = pack_pairs(triples, pad_id=0)
+    T = b["input_ids"].shape[1]
+    assert T == 8 and b["position_ids"][0, 5:8].tolist() == [3, 4, 5]  # rejected at the chosen one's positions
+    logits = torch.randn(3, T, 11, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    chosen, rejected = pair_logprobs(logits, b)
+    for row, (p, c, r) in enumerate(triples):
+        lsm = torch.log_softmax(logits[row], -1)
+        want_c = sum(lsm[len(p) - 1 + t, tok] for t, tok in enumerate(c))
+        at_r = [len(p) - 1] + [len(p) + len(c) + t for t in range(len(r) - 1)]
+        want_r = sum(lsm[at, tok] for at, tok in zip(at_r, r))
+        assert chosen[row].item() == pytest.approx(want_c.item(), rel=1e-9)
+        assert rejected[row].item() == pytest.approx(want_r.item(), rel=1e-9)
+    keep = pair_window(b)
+    assert keep == T - 1  # row 1's prompt ends at position 1
+    torch.testing.assert_close(pair_logprobs(logits[:, -keep:], b), (chosen, rejected))
+    with pytest.raises(ValueError, match="miss response tokens"):
+        pair_logprobs(logits[:, -(keep - 1) :], b)
+
+
 def test_lipo_on_sequence_scores_is_dpo():
     g = torch.Generator().manual_seed(1)
     pol, ref = torch.randn(4, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g, dtype=torch.float64)

@@ -89,17 +89,61 @@ def pad_sequences(encoded, pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attn, "response_mask": resp}
 
 
+PROMPT, CHOSEN, REJECTED = 1, 2, 3  # segments of a packed pair; 0 is padding
+
+
+def pack_pairs(triples, pad_id: int) -> dict[str, torch.Tensor]:
+    """One right-padded row per pair: its prompt once, then the chosen response, then the rejected one.
+
+    Why: a pair's two sequences share their prompt, and prompts (dialogue
+    histories) are most of the tokens: on HH-RLHF pairs of at most 128
+    tokens, 64% of a pair's tokens are its prompt twice. Scoring the prompt
+    once, with the rejected response attending to the prompt but not to the
+    chosen one and placed at the chosen one's positions, gives each response
+    the log-probs of its own padded sequence with 0.6 of the tokens.
+
+    Returns ``input_ids``, ``position_ids``, ``segment`` (B, T) and, for
+    each response, ``{chosen,rejected}_at`` (B, L): the position whose logits
+    predict each response token, ``_ids`` its token, ``_mask`` which are
+    real. The rejected response's first token is predicted at the prompt's
+    last position, as the chosen one's is.
+    """
+    B = len(triples)
+    T = max(len(p) + len(c) + len(r) for p, c, r in triples)
+    Lc, Lr = max(len(c) for _, c, _ in triples), max(len(r) for _, _, r in triples)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    pos = torch.zeros((B, T), dtype=torch.long)
+    seg = torch.zeros((B, T), dtype=torch.int8)
+    out = {}
+    for side, L in (("chosen", Lc), ("rejected", Lr)):
+        out[f"{side}_at"], out[f"{side}_ids"] = torch.zeros((2, B, L), dtype=torch.long)
+        out[f"{side}_mask"] = torch.zeros((B, L), dtype=torch.bool)
+    for i, (p, c, r) in enumerate(triples):
+        P, C, R = len(p), len(c), len(r)
+        ids[i, : P + C + R] = torch.tensor(p + c + r)
+        pos[i, : P + C] = torch.arange(P + C)
+        pos[i, P + C : P + C + R] = torch.arange(P, P + R)
+        seg[i, :P], seg[i, P : P + C], seg[i, P + C : P + C + R] = PROMPT, CHOSEN, REJECTED
+        out["chosen_at"][i, :C] = torch.arange(P - 1, P + C - 1)
+        out["rejected_at"][i, :R] = torch.cat([torch.tensor([P - 1]), torch.arange(P + C, P + C + R - 1)])
+        out["chosen_ids"][i, :C], out["rejected_ids"][i, :R] = torch.tensor(c), torch.tensor(r)
+        out["chosen_mask"][i, :C], out["rejected_mask"][i, :R] = True, True
+    return out | {"input_ids": ids, "position_ids": pos, "segment": seg}
+
+
 class PreferenceSet:
     """Tokenised preference pairs, ready for the training loop and the evaluation.
 
     Sequences (prompt + response) are stored once each: a PKU-SafeRLHF pair
     judged on two objectives, or HH pairs sharing a response, cost one
-    forward per distinct sequence. A record is (chosen sequence, rejected
-    sequence, objective). ``ref`` holds the frozen reference's log-prob per
-    sequence once computed, so the reference forward runs once per dataset.
+    scoring forward per distinct sequence (``pad``, for the reference and
+    fronts). A record is (chosen sequence, rejected sequence, objective).
+    ``ref`` holds the frozen reference's log-prob per sequence once
+    computed, so the reference forward runs once per dataset.
 
     The loop's data protocol is that of ``RankingSet``: ``epoch_batches``
-    gives lists of record indices, ``batch`` turns one into tensors.
+    gives lists of record indices, ``batch`` turns one into tensors (pairs
+    packed a row each, for the training step).
     """
 
     def __init__(self, sequences, chosen, rejected, objective, objectives, pad_id: int, sources=()):
@@ -200,20 +244,20 @@ class PreferenceSet:
         return {k: v.to(device) for k, v in out.items()}
 
     def batch(self, records, device="cpu") -> dict:
-        """The records' distinct sequences, padded, and where each record's pair sits among them."""
+        """The records' pairs packed one a row (``pack_pairs``), with their objectives and, once known,
+        the reference log-probs ``ref`` (B, 2: chosen, rejected) and MO-DPO's ``margin``."""
         records = np.asarray(records, dtype=np.int64)
-        seq_ids, inverse = np.unique(
-            np.concatenate([self.chosen[records], self.rejected[records]]), return_inverse=True
-        )
-        n = len(records)
-        out = self.pad(seq_ids, device) | {
-            "chosen": torch.as_tensor(inverse[:n], device=device),
-            "rejected": torch.as_tensor(inverse[n:], device=device),
-            "objective": torch.as_tensor(self.objective[records], device=device),
-            "records": torch.as_tensor(records, device=device),
+        triples = [
+            (self.sequences[c][0], self.sequences[c][1], self.sequences[r][1])
+            for c, r in zip(self.chosen[records], self.rejected[records])
+        ]
+        out = pack_pairs(triples, self.pad_id) | {
+            "objective": torch.as_tensor(self.objective[records]),
+            "records": torch.as_tensor(records),
         }
         if self.ref is not None:
-            out["ref"] = torch.as_tensor(self.ref[seq_ids], device=device)
+            pairs = [self.ref[self.chosen[records]], self.ref[self.rejected[records]]]
+            out["ref"] = torch.as_tensor(np.stack(pairs, axis=1))
         if self.margin is not None:
-            out["margin"] = torch.as_tensor(self.margin[records], device=device)
-        return out
+            out["margin"] = torch.as_tensor(self.margin[records])
+        return {k: v.to(device) for k, v in out.items()}

@@ -27,6 +27,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ..atomic import atomic_file, check_format, write_json
+from ..data.tokenize import CHOSEN, PROMPT, REJECTED
 from ..simplex import dirichlet_standardiser
 from .lora_mix import LoRAMix
 
@@ -205,36 +206,69 @@ class HPTModel(nn.Module):
         cfg = HPTConfig(n_objectives, emb.shape[1], n_tokens, rank, hidden, conditioned, alpha, mask, lora_mix)
         return cls(model, cfg, emb[ids].detach().float())
 
-    def _inputs(self, input_ids, attention_mask, w):
-        """(embeddings with the prefix, extended mask, w per row)."""
+    def _prefixed(self, input_ids, w):
+        """(embeddings with the prefix, w per row)."""
         w = torch.as_tensor(w, dtype=torch.float32, device=input_ids.device)
         w = w.expand(input_ids.shape[0], -1) if w.dim() == 1 else w
         if w.shape[-1] != self.cfg.n_objectives:
             raise ValueError(f"w has {w.shape[-1]} entries; the prefix was built for {self.cfg.n_objectives}")
         embeds = self.model.get_input_embeddings()(input_ids)
-        prefix = self.hpt(w).to(embeds.dtype)
+        return torch.cat([self.hpt(w).to(embeds.dtype), embeds], dim=1), w
+
+    def _inputs(self, input_ids, attention_mask, w):
+        """(embeddings with the prefix, extended mask, w per row)."""
+        embeds, w = self._prefixed(input_ids, w)
         ones = torch.ones(
             input_ids.shape[0], self.cfg.n_tokens, dtype=attention_mask.dtype, device=attention_mask.device
         )
-        return torch.cat([prefix, embeds], dim=1), torch.cat([ones, attention_mask], dim=1), w
+        return embeds, torch.cat([ones, attention_mask], dim=1), w
 
-    def forward(self, input_ids, attention_mask, w, keep: int = 0):
+    def forward(self, input_ids, attention_mask, w, keep: int = 0, packed: dict | None = None):
         """Logits (B, T, V) for the tokens, under trade-off ``w``; ``keep`` > 0: for the last ``keep``
-        positions only (the model's own ``logits_to_keep``; see ``losses.response_window``)."""
-        embeds, mask, rows = self._inputs(input_ids, attention_mask, w)
+        positions only (the model's own ``logits_to_keep``; see ``losses.response_window``).
+
+        ``packed``: the rows are pairs packed by ``data.tokenize.pack_pairs`` (its ``position_ids`` and
+        ``segment``; ``attention_mask`` is then None), each row under its own w when ``w`` is (B, K).
+        """
         if not 0 <= keep <= input_ids.shape[1]:
             raise ValueError(f"keep must be within 0..{input_ids.shape[1]}, got {keep}")
+        if packed is None:
+            embeds, mask, rows = self._inputs(input_ids, attention_mask, w)
+            pos = positions(mask)
+        else:
+            embeds, rows = self._prefixed(input_ids, w)
+            n, B = self.cfg.n_tokens, input_ids.shape[0]
+            segment = torch.cat([packed["segment"].new_full((B, n), PROMPT), packed["segment"]], dim=1)
+            mask = self._packed_mask(segment)
+            ahead = torch.arange(n, device=input_ids.device).expand(B, n)
+            pos = torch.cat([ahead, packed["position_ids"] + n], dim=1)
         with self.autocast(input_ids.device), self.lora_weights(rows):
-            logits = self.model(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), logits_to_keep=keep
-            ).logits
+            logits = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
         return logits if keep else logits[:, self.cfg.n_tokens :]
 
-    def reference_logits(self, input_ids, attention_mask, keep: int = 0):
-        """The base model's logits: adapters off, no prefix (``keep`` as in ``forward``)."""
+    def reference_logits(self, input_ids, attention_mask, keep: int = 0, packed: dict | None = None):
+        """The base model's logits: adapters off, no prefix (``keep`` and ``packed`` as in ``forward``)."""
         off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
+        extra = {} if packed is None else {"position_ids": packed["position_ids"]}
+        if packed is not None:
+            attention_mask = self._packed_mask(packed["segment"])
         with torch.no_grad(), off, self.autocast(input_ids.device):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **extra).logits
+
+    def _packed_mask(self, segment: torch.Tensor) -> torch.Tensor:
+        """The (B, 1, T, T) attention of packed pair rows: causal, blind to padding, and the rejected
+        response blind to the chosen one. sdpa takes it as booleans, eager as an additive float mask."""
+        T = segment.shape[1]
+        allowed = torch.ones(T, T, dtype=torch.bool, device=segment.device).tril() & (segment != 0)[:, None, :]
+        allowed &= ~((segment == REJECTED)[:, :, None] & (segment == CHOSEN)[:, None, :])
+        allowed |= torch.eye(T, dtype=torch.bool, device=segment.device)  # a padding query keeps a key: no NaN
+        if self.attention == "sdpa":
+            return allowed[:, None]
+        if self.attention != "eager":
+            raise ValueError(f"packed pairs need the sdpa or eager attention kernel, not {self.attention!r}")
+        return torch.zeros(allowed.shape, device=segment.device).masked_fill(~allowed, torch.finfo(torch.float32).min)[
+            :, None
+        ]
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, w, **kwargs):

@@ -16,7 +16,7 @@ import torch
 
 from ..data.tokenize import PreferenceSet
 from ..evaluation.preference import preference_front, sequence_scores
-from ..losses import dpo, response_window, sequence_logprobs, weight_cos
+from ..losses import dpo, pair_logprobs, pair_window, weight_cos
 from ..models.hpt import HPTModel
 from ..models.llm import peft_wrapping
 from ..simplex import draw_weights, weight_grid
@@ -75,33 +75,28 @@ class PreferenceTask:
         return draw_weights(self.cfg.seed, step, self.cfg.alpha, self.K)
 
     def terms(self, model, batch, step):
-        ids, attn, resp = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
-        c, r = batch["chosen"], batch["rejected"]
-        ref = batch.get("ref")
-        if self.cfg.weight_sampling == "pair" and self.cfg.fixed_weights is None:
-            # every pair its own w, so a sequence shared by two pairs is scored once per pair
+        if self.cfg.weight_sampling == "pair" and self.cfg.fixed_weights is None:  # every pair (row) its own w
             w = pair_weights(
                 self.cfg.seed, step, self.cfg.alpha, self.K, batch["records"].tolist(), batch["objective"].tolist()
-            ).to(ids.device)
-            pick = torch.cat([c, r])
-            ids, attn, resp, w = ids[pick], attn[pick], resp[pick], torch.cat([w, w])
-            ref = None if ref is None else ref[pick]
-            c, r = torch.arange(len(c), device=ids.device), torch.arange(len(c), 2 * len(c), device=ids.device)
+            )
         else:
-            w = self.weights(step).to(ids.device)
-        logp, ref = self._logprobs(model, ids, attn, resp, w, ref)
-        per_pair, _ = dpo(logp[c], logp[r], ref[c], ref[r], self.cfg.beta, reduction="none")
-        return self._sums(step, batch, logp[c] - ref[c], logp[r] - ref[r], per_pair)
+            w = self.weights(step)
+        chosen, rejected, ref_c, ref_r = self._logprobs(model, batch, w.to(batch["input_ids"].device))
+        per_pair, _ = dpo(chosen, rejected, ref_c, ref_r, self.cfg.beta, reduction="none")
+        return self._sums(step, batch, chosen - ref_c, rejected - ref_r, per_pair)
 
     @staticmethod
-    def _logprobs(model, ids, attn, resp, w, ref):
-        """(log pi, log pi_ref) of the batch's sequences; without a cached reference, its forward runs here."""
-        keep = response_window(resp)
-        logp = sequence_logprobs(model(ids, attn, w, keep), ids, resp)
-        if ref is not None:
-            return logp, ref.to(logp.dtype)
+    def _logprobs(model, batch, w):
+        """(log pi chosen, log pi rejected, log pi_ref chosen, log pi_ref rejected) of the batch's packed
+        pairs (one row each, ``pack_pairs``); without a cached reference, its forward runs here."""
+        keep = pair_window(batch)
+        chosen, rejected = pair_logprobs(model(batch["input_ids"], None, w, keep, packed=batch), batch)
+        if "ref" in batch:
+            ref = batch["ref"].to(chosen.dtype)
+            return chosen, rejected, ref[:, 0], ref[:, 1]
         # no cache: the reference forward runs every step, as in TRL
-        return logp, sequence_logprobs(getattr(model, "module", model).reference_logits(ids, attn, keep), ids, resp)
+        logits = getattr(model, "module", model).reference_logits(batch["input_ids"], None, keep, packed=batch)
+        return (chosen, rejected, *pair_logprobs(logits, batch))
 
     def _sums(self, step, batch, chosen, rejected, per_pair):
         """Per-objective loss sums and pair counts, the step's metrics tallied on the way."""
@@ -172,14 +167,11 @@ class MODPOTask(PreferenceTask):
     """
 
     def terms(self, model, batch, step):
-        ids, attn, resp, c, r = (
-            batch[k] for k in ("input_ids", "attention_mask", "response_mask", "chosen", "rejected")
-        )
         w1 = max(self.cfg.fixed_weights[0], self.cfg.modpo_min_w1)
-        logp, ref = self._logprobs(model, ids, attn, resp, self.weights(step).to(ids.device), batch.get("ref"))
-        shifted = ref[c] + batch["margin"].to(logp.dtype) / self.cfg.beta
-        per_pair, _ = dpo(logp[c], logp[r], shifted, ref[r], self.cfg.beta / w1, reduction="none")
-        return self._sums(step, batch, logp[c] - ref[c], logp[r] - ref[r], per_pair)
+        chosen, rejected, ref_c, ref_r = self._logprobs(model, batch, self.weights(step).to(batch["input_ids"].device))
+        shifted = ref_c + batch["margin"].to(chosen.dtype) / self.cfg.beta
+        per_pair, _ = dpo(chosen, rejected, shifted, ref_r, self.cfg.beta / w1, reduction="none")
+        return self._sums(step, batch, chosen - ref_c, rejected - ref_r, per_pair)
 
     def combine(self, losses, step):
         return losses[0]

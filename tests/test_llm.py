@@ -48,42 +48,6 @@ def test_terms_are_dpo_per_objective_pair_by_pair(tiny_llm, tiny_pairs):
     assert torch.allclose(sums.double(), expect_sums, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_packed_pairs_score_as_their_own_padded_sequences(tiny_llm, tiny_pairs, tmp_path, arch, attention):
-    """A pair packed in one row (prompt once, the rejected response blind to the chosen one) gives each
-    response the log-prob of its own padded sequence: policy (own w per row, w-mixed LoRA) and reference."""
-    from cosdpo.losses import pair_logprobs, pair_window
-    from tests.tiny_llm import save_tiny_gpt2
-
-    folder = tiny_llm if arch == "llama" else save_tiny_gpt2(tmp_path / "gpt2")
-    cfg = cfg_for(folder, lora_mix=True, prompt_template="chat" if arch == "llama" else "plain")
-    base, tok = load_base(str(folder), prompt_template=cfg.prompt_template)
-    data, objectives, _ = load_split(tiny_pairs, tok, cfg, None, "train")
-    policy = build_policy(base, cfg, len(objectives)).set_compute("fp32", attention)
-    for name, p in policy.named_parameters():  # as if trained, and a prefix that depends on w
-        if "lora_B" in name or "mlp_" in name:
-            torch.nn.init.normal_(p, std=0.3)
-    records = [0, 5, 2, 7, 3]
-    b = data.batch(records)
-    assert b["input_ids"].shape[1] < max(data.lengths[data.chosen[records]] + data.lengths[data.rejected[records]])
-    w = torch.tensor(np.random.default_rng(0).dirichlet([1.0, 1.0], len(records)), dtype=torch.float32)
-    keep = pair_window(b)
-    chosen, rejected = pair_logprobs(policy(b["input_ids"], None, w, keep, packed=b), b)
-    ref_c, ref_r = pair_logprobs(policy.reference_logits(b["input_ids"], None, keep, packed=b), b)
-    for row, i in enumerate(records):
-        pad = data.pad([data.chosen[i], data.rejected[i]])
-        own = sequence_logprobs(
-            policy(pad["input_ids"], pad["attention_mask"], w[row]), pad["input_ids"], pad["response_mask"]
-        )
-        ref = sequence_logprobs(
-            policy.reference_logits(pad["input_ids"], pad["attention_mask"]), pad["input_ids"], pad["response_mask"]
-        )
-        assert torch.allclose(torch.stack([chosen[row], rejected[row]]), own, atol=1e-4), (row, chosen[row], own)
-        assert torch.allclose(torch.stack([ref_c[row], ref_r[row]]), ref, atol=1e-4)
-    assert not torch.allclose(chosen, rejected)
-
-
 def test_pair_weight_sampling_scores_each_pair_at_its_own_w(tiny_llm, tiny_pairs):
     """weight_sampling="pair": each pair is DPO at its own w ~ Dir(alpha + e_objective), found by a
     forward of that pair alone; the step weights every objective by E[w_k] = 1/K."""

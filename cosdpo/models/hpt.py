@@ -249,11 +249,13 @@ class HPTModel(nn.Module):
     def reference_logits(self, input_ids, attention_mask, keep: int = 0, packed: dict | None = None):
         """The base model's logits: adapters off, no prefix (``keep`` and ``packed`` as in ``forward``)."""
         off = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else nullcontext()
-        extra = {} if packed is None else {"position_ids": packed["position_ids"]}
+        pos = None
         if packed is not None:
-            attention_mask = self._packed_mask(packed["segment"])
+            attention_mask, pos = self._packed_mask(packed["segment"]), packed["position_ids"]
         with torch.no_grad(), off, self.autocast(input_ids.device):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **extra).logits
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, logits_to_keep=keep
+            ).logits
 
     def _packed_mask(self, segment: torch.Tensor) -> torch.Tensor:
         """The (B, 1, T, T) attention of packed pair rows: causal, blind to padding, and the rejected

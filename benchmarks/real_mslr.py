@@ -15,7 +15,9 @@ queries a split, one objective near 0 can make a ratio 3 or 1/3), main
 NDCG@10 of Weight-COS-DPO - B's, and Weight-COS-DPO's optimizer steps and
 training seconds / B's.
 ``--variant`` adds Weight-COS-DPO runs at other settings, each at the same
-number of steps as the compared one (e.g. ``--variant weight_sampling=group``).
+number of steps as the compared one (e.g. ``--variant weight_sampling=group``),
+unless it sets a budget of its own (``--variant min_steps=100``: the
+finetune defaults with that step floor, early stopping included).
 ``--reuse`` keeps the base rankers and comparisons already in OUT and runs
 only the variants, so settings can be tried against fronts trained once, and
 any baseline (soup, modpo) a comparison lacks.
@@ -47,6 +49,7 @@ OBJECTIVES = {
     5: ("quality1", "quality2", "query_url_clicks", "url_clicks", "dwell_time"),
 }
 QUICK = dict(d_model=16, n_heads=2, n_layers=1)
+BUDGET = {"epochs", "max_steps", "min_steps", "patience"}
 
 
 def lightgbm_scores(train: RankingSet, vali: RankingSet, test: RankingSet, seed: int) -> np.ndarray:
@@ -168,8 +171,10 @@ def main():
                 row = {"methods": {name: _summary(f) for name, f in m.items()}}
                 row["ratios"] = {b: ratios(m, b) for b in m if b != "wcos" and "wcos" in m}
                 for i, variant in enumerate(args.variant):
-                    steps = m["wcos"]["train_steps"]
-                    cfg = replace(train, **variant, max_steps=steps, patience=0)
+                    budget = {"max_steps": m["wcos"]["train_steps"], "patience": 0}
+                    if BUDGET & variant.keys():  # a variant that sets a budget trains at its own
+                        budget = {}
+                    cfg = replace(train, **(budget | variant))
                     v = compare(
                         args.data,
                         out / f"base-{split}-{seed}",
@@ -217,7 +222,7 @@ def _line(k: int, row: dict) -> str:
     ref = row["methods"]["ls"]["hypervolume"] if "ls" in row["methods"] else None
     for v in row.get("variants", []):
         rel = f" (x{v['hypervolume'] / ref:.3f} of ls)" if ref else ""
-        parts.append(f"variant {v['settings']}: hv {v['hypervolume']:.4f}{rel}")
+        parts.append(f"variant {v['settings']}: hv {v['hypervolume']:.4f}{rel}, {v['train_steps']} steps")
     return f"  K={k} wcos against " + "; ".join(parts)
 
 
@@ -249,9 +254,10 @@ def _means(runs: list, ks: list) -> str:
                 ls = [row["methods"]["ls"] for row in rows]
                 hv = [row["variants"][i]["hypervolume"] / b["hypervolume"] for row, b in zip(rows, ls)]
                 ndcg = np.mean([row["variants"][i]["main_ndcg"] - b["main_ndcg"] for row, b in zip(rows, ls)])
+                steps = np.mean([row["variants"][i]["train_steps"] / b["train_steps"] for row, b in zip(rows, ls)])
                 lines.append(
                     f"K={k} variant {v['settings']}: hypervolume x{np.mean(hv):.3f} of ls "
-                    f"(geometric mean x{_gmean(hv):.3f}), main NDCG@10 {ndcg:+.4f}"
+                    f"(geometric mean x{_gmean(hv):.3f}), main NDCG@10 {ndcg:+.4f}, steps x{steps:.3f}"
                 )
     return "\n".join(lines)
 

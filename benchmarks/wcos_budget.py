@@ -24,8 +24,11 @@ from cosdpo.training.ltr import FinetuneConfig
 
 def setting(text: str, config=FinetuneConfig) -> dict:
     """'epochs=45,alpha=0.1' -> typed fields of ``config`` (the int, float and str ones)."""
+    optional = {"int | None": int, "float | None": float}  # e.g. min_steps, unset by default
     types = {
-        f.name: type(f.default) for f in fields(config) if type(f.default) in (int, float, str) and f.name != "seed"
+        f.name: optional.get(f.type, type(f.default))
+        for f in fields(config)
+        if (type(f.default) in (int, float, str) or f.type in optional) and f.name != "seed"
     }  # --seed sets every model's
     out = {}
     for item in filter(None, text.split(",")):

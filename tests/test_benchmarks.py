@@ -135,11 +135,17 @@ def test_real_mslr_benchmark(tmp_path):
     # --reuse: the fronts trained once, only the variant trains
     stamp = (tmp_path / "r" / "k2-0-0" / "compare.json").stat().st_mtime_ns
     bench(
-        "real_mslr.py", "--data", MSLR_SAMPLE, "--out", tmp_path / "r", "--reuse", "--variant", "alpha=1", cwd=tmp_path
+        "real_mslr.py",
+        *("--data", MSLR_SAMPLE, "--out", tmp_path / "r", "--reuse"),
+        *("--variant", "alpha=1", "--variant", "min_steps=6"),
+        cwd=tmp_path,
     )
     again = json.loads((tmp_path / "r" / "results.json").read_text())["runs"][0]["k2"]
     assert (tmp_path / "r" / "k2-0-0" / "compare.json").stat().st_mtime_ns == stamp
     assert again["methods"] == runs[0]["k2"]["methods"] and again["variants"][0]["settings"] == {"alpha": 1.0}
+    # a variant at the compared steps, and one with a step floor of its own (one step an epoch here)
+    assert again["variants"][0]["train_steps"] == again["methods"]["wcos"]["train_steps"] < 6
+    assert again["variants"][1]["train_steps"] == 6
     # --reuse adds a baseline a comparison lacks: the same front as trained beside the others
     bench("real_mslr.py", "--data", MSLR_SAMPLE, "--out", tmp_path / "s", "--methods", "wcos,ls", cwd=tmp_path)
     bench("real_mslr.py", "--data", MSLR_SAMPLE, "--out", tmp_path / "s", "--reuse", cwd=tmp_path)

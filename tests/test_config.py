@@ -311,12 +311,21 @@ def test_configuration_reference_is_current():
     )
 
 
+def _anchors(md: Path) -> set:
+    """The heading anchors GitHub makes: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", md.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 def test_every_link_in_the_docs_resolves():
     broken = []
     for md in [ROOT / "README.md", *ROOT.glob("docs/**/*.md")]:
-        for link in re.findall(r"\]\(([^)#]+)\)", md.read_text()):
-            if not link.startswith("http") and not (md.parent / link).exists():
-                broken.append(f"{md.relative_to(ROOT)} -> {link}")
+        for link, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]+))?\)", md.read_text()):
+            if link.startswith("http"):
+                continue
+            target = md.parent / link if link else md
+            if not target.exists() or (anchor and target.suffix == ".md" and anchor not in _anchors(target)):
+                broken.append(f"{md.relative_to(ROOT)} -> {link}#{anchor}")
     assert not broken, broken
 
 

@@ -23,7 +23,7 @@ from cosdpo.training.ltr import FinetuneConfig
 
 
 def setting(text: str, config=FinetuneConfig) -> dict:
-    """'epochs=45,alpha=0.1' -> typed fields of ``config`` (the int, float and str ones)."""
+    """'epochs=45,alpha=0.1' -> typed fields of ``config`` (the int, float and str ones, unset or not)."""
     optional = {"int | None": int, "float | None": float}  # e.g. min_steps, unset by default
     types = {
         f.name: optional.get(f.type, type(f.default))

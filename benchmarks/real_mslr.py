@@ -171,9 +171,8 @@ def main():
                 row = {"methods": {name: _summary(f) for name, f in m.items()}}
                 row["ratios"] = {b: ratios(m, b) for b in m if b != "wcos" and "wcos" in m}
                 for i, variant in enumerate(args.variant):
-                    budget = {"max_steps": m["wcos"]["train_steps"], "patience": 0}
-                    if BUDGET & variant.keys():  # a variant that sets a budget trains at its own
-                        budget = {}
+                    # a variant that sets a budget trains at its own, any other at the compared steps
+                    budget = {} if BUDGET & variant.keys() else {"max_steps": m["wcos"]["train_steps"], "patience": 0}
                     cfg = replace(train, **(budget | variant))
                     v = compare(
                         args.data,

@@ -313,7 +313,8 @@ def test_configuration_reference_is_current():
 
 def _anchors(md: Path) -> set:
     """The heading anchors GitHub makes: lower case, punctuation dropped, spaces to hyphens."""
-    headings = re.findall(r"^#+ (.+)$", md.read_text(), flags=re.M)
+    prose = re.sub(r"^```.*?^```", "", md.read_text(), flags=re.M | re.S)  # a "# comment" in a code block is no heading
+    headings = re.findall(r"^#+ (.+)$", prose, flags=re.M)
     return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
 
 

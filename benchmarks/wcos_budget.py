@@ -1,6 +1,7 @@
 """Weight-COS-DPO given a share of DPO-LS's time instead of its epochs per model.
 
     python benchmarks/wcos_budget.py --k 5 --wcos epochs=45,patience=0,alpha=0.1 [--wcos ...]
+    python benchmarks/wcos_budget.py --k 2 --budget-ratio 0.3 --wcos alpha=0.05 [--wcos ...]
 
 Uses the data and base of ``benchmarks/compare.py --out DIR`` (run that
 first), trains DPO-LS at compare's settings (15 epochs per model), then each
@@ -55,6 +56,13 @@ def main():
         default=None,
         help="Weight-COS-DPO settings NAME=VALUE,...; repeat for several",
     )
+    ap.add_argument(
+        "--budget-ratio",
+        type=float,
+        default=None,
+        help="each setting without max_steps trains this share of DPO-LS's optimizer steps in this run, "
+        "no early stop (ltr compare's rule)",
+    )
     ap.add_argument("--data", help="the data compare.py used (default: its synthetic OUT/data)")
     ap.add_argument("--quick", action="store_true", help="one epoch each, on compare.py --quick's folder")
     args = ap.parse_args()
@@ -67,6 +75,8 @@ def main():
     runs = [("ls", dict(epochs=args.epochs))] + [("wcos", s) for s in args.wcos or [dict(epochs=45, patience=0)]]
     ls = None
     for i, (method, kw) in enumerate(runs):
+        if ls and args.budget_ratio and "max_steps" not in kw:
+            kw = kw | {"max_steps": max(1, round(args.budget_ratio * ls["train_steps"])), "patience": 0}
         cfg = FinetuneConfig(objectives=OBJECTIVES[: args.k], seed=args.seed, progress=False, **kw)
         m = compare(
             args.data or out / "data",
@@ -78,7 +88,8 @@ def main():
         print(
             f"{method:5s} {kw}: hypervolume {m['hypervolume']:.4f} ({m['hypervolume'] / ls['hypervolume']:.3f} of "
             f"DPO-LS), main NDCG@10 {m['main_ndcg']['mean']:.4f}, train {m['train_seconds']:.1f} s "
-            f"({m['train_seconds'] / ls['train_seconds']:.3f} of DPO-LS)",
+            f"({m['train_seconds'] / ls['train_seconds']:.3f} of DPO-LS), {m['train_steps']} steps "
+            f"({m['train_steps'] / ls['train_steps']:.3f} of DPO-LS)",
             flush=True,
         )
 

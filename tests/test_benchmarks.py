@@ -42,8 +42,10 @@ def number(pattern, text):
 def test_ranking_benchmarks(tmp_path):
     out = bench("compare.py", "--out", tmp_path / "c", cwd=tmp_path)
     assert number(r"hypervolume  wcos / ls = ([\d.]+)", out) > 0
-    out = bench("wcos_budget.py", "--out", tmp_path / "c", cwd=tmp_path)
+    out = bench("wcos_budget.py", "--out", tmp_path / "c", "--budget-ratio", "0.5", cwd=tmp_path)
     assert number(r"wcos .*\(([\d.]+) of DPO-LS\), main", out) > 0
+    ls_steps, wcos_steps = (int(n) for n in re.findall(r"(\d+) steps \(", out))  # compare's rule: half of DPO-LS's
+    assert wcos_steps == max(1, round(0.5 * ls_steps))
     out = bench("throughput.py", cwd=tmp_path)
     assert number(r"Weight-COS-DPO\s+[\d.]+\s+([\d.]+)", out) > 0  # documents per second
     assert number(r"base / allRank 1.4.3: ([\d.]+)x the docs/s", out) > 0  # allRank's own step, same rows

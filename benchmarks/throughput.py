@@ -203,6 +203,9 @@ def main():
     ap.add_argument("--data", help="an MSLR Fold directory or LETOR file (default: synthetic)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--precision", default="fp32", choices=tuple(DTYPES), help="bf16: forwards under bf16 autocast")
+    ap.add_argument(
+        "--no-allrank", action="store_true", help="skip allRank (it pads every list to the longest: slow on long lists)"
+    )
     ap.add_argument("--quick", action="store_true", help="100 queries, 3 timed steps")
     args = ap.parse_args()
     if args.quick:
@@ -237,7 +240,7 @@ def main():
             *measure(dropped, ListNetTask(None, 10), data, args.batch_size, args.steps, 131, dropped_cfg, **run),
         )
     )
-    allrank = import_allrank() if args.device == "cpu" else None
+    allrank = import_allrank() if args.device == "cpu" and not args.no_allrank else None
     if allrank is not None:
         ranked = measure_allrank(allrank, data, base_cfg, args.batch_size, args.steps, passes)
         rows.append(("allRank 1.4.3", *ranked, None))
@@ -257,9 +260,9 @@ def main():
         rate = "" if gf is None else f"{gf:10.2f}{gf / peak:10.1%}"
         print(f"{name:20}{gps:10.1f}{dps:10.0f}{rate}")
     print(f"base without / with attention dropout: {rows[0][2] / rows[1][2]:.2f}x the docs/s")
-    if allrank is None:
+    if allrank is None and not args.no_allrank:
         print("allRank: not installed (pip install --no-deps allRank==1.4.3)")
-    else:
+    elif allrank is not None:
         print(f"base / allRank 1.4.3: {rows[0][2] / rows[2][2]:.2f}x the docs/s")
     print(
         f"(batch {args.batch_size} groups, mean group size {np.mean(data.sizes):.1f}, "

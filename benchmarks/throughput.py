@@ -6,9 +6,10 @@ Times the real training step (``cosdpo.training.loop.train_step``) of the base
 ranker (ListNet) and of Weight-COS-DPO fine-tuning on synthetic data, and
 compares the achieved float32 rate with a plain matmul measured in the same
 run: the best of bursts before and after the rows, against each row's best
-of three passes over the same batches. FLOPs are counted analytically over the padded positions the machine
-actually computes (forward + backward ~ 3x forward): a step pads each run of
-similar list lengths on its own (``RankingSet.length_buckets``).
+of three passes over the same batches. FLOPs are counted analytically over
+the padded positions the machine actually computes (forward + backward ~ 3x
+forward): a step pads each run of similar list lengths on its own
+(``RankingSet.length_buckets``).
 
 Where allRank 1.4.3 is installed (``pip install --no-deps allRank==1.4.3``:
 its own requirements pin a torch from 2021), the same rows also train through

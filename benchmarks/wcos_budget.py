@@ -66,6 +66,8 @@ def main():
     ap.add_argument("--data", help="the data compare.py used (default: its synthetic OUT/data)")
     ap.add_argument("--quick", action="store_true", help="one epoch each, on compare.py --quick's folder")
     args = ap.parse_args()
+    if args.budget_ratio is not None and args.budget_ratio <= 0:
+        ap.error(f"--budget-ratio must be > 0, got {args.budget_ratio}")
     if args.quick:
         args.epochs, args.wcos = 1, [dict(epochs=2, patience=0)]
     out = Path(args.out or f"runs/compare-k{args.k}")
@@ -75,7 +77,7 @@ def main():
     runs = [("ls", dict(epochs=args.epochs))] + [("wcos", s) for s in args.wcos or [dict(epochs=45, patience=0)]]
     ls = None
     for i, (method, kw) in enumerate(runs):
-        if ls and args.budget_ratio and "max_steps" not in kw:
+        if ls and args.budget_ratio is not None and "max_steps" not in kw:
             kw = kw | {"max_steps": max(1, round(args.budget_ratio * ls["train_steps"])), "patience": 0}
         cfg = FinetuneConfig(objectives=OBJECTIVES[: args.k], seed=args.seed, progress=False, **kw)
         m = compare(

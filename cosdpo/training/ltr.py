@@ -116,7 +116,7 @@ class FinetuneConfig(TrainConfig, ScorerConfig):
         None, "Train one unconditioned model for this w (DPO-LS).", panel="Method", cli="--weights"
     )
     alpha: float = option(
-        0.3, "Dirichlet concentration of the w drawn per step (small: corners, wider front).", panel="Method"
+        0.3, "Dirichlet concentration of the w draws (small: corners, wider front).", panel="Method"
     )
     weight_sampling: str = option(
         "group",

@@ -98,7 +98,7 @@ def test_bad_rows_are_counted_with_their_place(tmp_path):
         "not JSON (Expecting property name enclosed in double quotes)": 1,
     }
     assert report.examples["identical responses"] == [f"{f}:2"]
-    assert "skipped 1 rows: identical responses" in report.summary()
+    assert "skipped 1 row: identical responses" in report.summary()
 
 
 def test_loader_arguments():

@@ -74,10 +74,15 @@ class LoadReport:
         kept = ", ".join(f"{n} {obj}" for obj, n in sorted(self.kept.items())) or "none"
         lines = [f"kept pairs: {kept}"]
         for reason, n in self.skipped.most_common():
-            lines.append(f"skipped {n} row{'s' * (n != 1)}: {reason} (e.g. {', '.join(self.examples[reason])})")
+            lines.append(f"skipped {counted(n, 'row')}: {reason} (e.g. {', '.join(self.examples[reason])})")
         if self.shortened:
-            lines.append(f"kept {self.shortened} pair{'s' * (self.shortened != 1)} {SHORTENED} (e.g. {', '.join(self.examples[SHORTENED])})")
+            examples = ", ".join(self.examples[SHORTENED])
+            lines.append(f"kept {counted(self.shortened, 'pair')} {SHORTENED} (e.g. {examples})")
         return "\n".join(lines)
+
+
+def counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _rows(path: Path):
@@ -304,7 +309,8 @@ def load_many(spec: str, fmt: str | None = None, pku_filter: str = "none"):
         before = Counter(report.skipped)
         got, _ = load_preferences(path, fmt, objective, report, pku_filter)
         if not got:
-            reasons = "; ".join(f"{n} row{'s' * (n != 1)}: {r}" for r, n in (report.skipped - before).most_common()) or "no rows"
+            skipped = (report.skipped - before).most_common()
+            reasons = "; ".join(f"{counted(n, 'row')}: {r}" for r, n in skipped) or "no rows"
             raise ValueError(f"{path}: no usable preference pairs ({reasons}); is --format right?")
         pairs += got
         for o in [objective] if objective else list(PKU_OBJECTIVES):

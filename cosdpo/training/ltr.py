@@ -115,9 +115,7 @@ class FinetuneConfig(TrainConfig, ScorerConfig):
     fixed_weights: tuple[float, ...] | None = option(
         None, "Train one unconditioned model for this w (DPO-LS).", panel="Method", cli="--weights"
     )
-    alpha: float = option(
-        0.3, "Dirichlet concentration of the w draws (small: corners, wider front).", panel="Method"
-    )
+    alpha: float = option(0.3, "Dirichlet concentration of the w draws (small: corners, wider front).", panel="Method")
     weight_sampling: str = option(
         "group",
         "group: each query group its own w (batch-size draws a step); step: one w per optimizer step (the paper).",

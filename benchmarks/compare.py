@@ -39,7 +39,7 @@ def main():
         args.queries, args.epochs, args.grid = 60, 1, 3
     out = Path(args.out or f"runs/compare-k{args.k}")
     t0 = time.perf_counter()
-    data = args.data or write_fold(out / "data", args.queries, args.seed)
+    data = args.data or write_fold(out / "data", args.queries, args.seed, overwrite=True)
     small = dict(d_model=16, n_heads=2, n_layers=1) if args.quick else {}
     train_base(
         data, out / "base", BaseConfig(epochs=args.epochs, seed=args.seed, progress=False, **small), overwrite=True

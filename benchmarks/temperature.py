@@ -49,7 +49,7 @@ def main():
     if args.quick:
         args.queries, args.epochs, small = 80, 1, dict(d_model=16, n_heads=2, n_layers=1)
     out = Path(args.out)
-    data = args.data or write_fold(out / "data", args.queries, 0)
+    data = args.data or write_fold(out / "data", args.queries, 0, overwrite=True)
     train_base(data, out / "base", BaseConfig(epochs=args.epochs, progress=False, **small), overwrite=True)
 
     def tune(name, **kw):

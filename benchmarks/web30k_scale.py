@@ -83,7 +83,7 @@ def main():
         args.queries = 300
     if not (fold / "test.txt").exists():
         t0 = time.perf_counter()
-        write_fold(fold, args.queries, seed=0, **LENGTHS["mslr"])
+        write_fold(fold, args.queries, seed=0, overwrite=True, **LENGTHS["mslr"])
         print(f"write {args.queries:,} queries: {time.perf_counter() - t0:.0f} s", flush=True)
     results = []
     env = os.environ | {"COSDPO_CACHE": str(out / "cache")}  # its own cache, emptied: the parse stage parses

@@ -15,6 +15,13 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+# tempfile makes its files 0600 and its folders 0700; the finished ones get what open() and mkdir() would
+# have given (0666 / 0777 less the umask), or a team's shared model and result folders would lock out
+# everyone but their writer
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE, DIR_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK
+
 
 @contextmanager
 def atomic_dir(target):
@@ -22,6 +29,7 @@ def atomic_dir(target):
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    os.chmod(tmp, DIR_MODE)
     try:
         yield tmp
         old = target.with_name(f".{target.name}.old")
@@ -50,6 +58,7 @@ def atomic_file(target, mode: str = "wb"):
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, FILE_MODE)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

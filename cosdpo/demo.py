@@ -28,7 +28,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by `cosdpo demo`; safe to delete\n")
     t0 = time.perf_counter()
-    data = write_fold(out / "data", queries, seed)
+    data = write_fold(out / "data", queries, seed, overwrite=True)
     _, base_metrics = train_base(
         data, out / "base", BaseConfig(epochs=base_epochs, seed=seed, progress=progress), overwrite=True
     )

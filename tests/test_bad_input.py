@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cosdpo.atomic import clean_partial_writes, write_json
+from cosdpo.atomic import atomic_dir, clean_partial_writes, write_json
 from cosdpo.cli import app
 
 from .conftest import TINY
@@ -340,3 +340,14 @@ def test_hf_data_detect_their_format_as_files_do(tmp_path):
     assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [
         (({"role": "user", "content": "hi"},), "hello!", "go away")
     ]
+
+
+def test_atomic_writes_get_the_permissions_a_plain_write_gets(tmp_path):
+    """tempfile's private 0600 / 0700 must not leak into finished model and result folders."""
+    (tmp_path / "plain.json").write_text("{}")
+    (tmp_path / "plain").mkdir()
+    write_json(tmp_path / "result.json", {})
+    with atomic_dir(tmp_path / "model") as d:
+        (d / "weights").write_text("x")
+    mode = lambda name: (tmp_path / name).stat().st_mode & 0o777  # noqa: E731
+    assert mode("result.json") == mode("plain.json") and mode("model") == mode("plain")

@@ -216,3 +216,14 @@ def test_synth_with_mslr_list_lengths(tmp_path):
     assert len(sizes) == 300 and 90 < sizes.mean() < 160 and sizes.max() > 300 and sizes.min() >= 1
     r = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "e"), "--lengths", "web"])
     assert r.exit_code == 2 and "--lengths must be one of short, mslr" in r.output
+
+
+def test_synth_keeps_a_fold_it_did_not_write_unless_told(tmp_path):
+    fold = tmp_path / "Fold1"
+    fold.mkdir()
+    (fold / "train.txt").write_text("user data\n")
+    r = runner.invoke(app, ["data", "synth", "--out", str(fold), "--queries", "10"])
+    assert r.exit_code == 2 and "already holds train.txt" in r.output and "--overwrite" in r.output
+    assert (fold / "train.txt").read_text() == "user data\n" and sorted(p.name for p in fold.iterdir()) == ["train.txt"]
+    ok(["data", "synth", "--out", fold, "--queries", "10", "--overwrite"])
+    assert (fold / "train.txt").read_text().startswith(tuple("01234")) and (fold / "test.txt").is_file()

@@ -20,11 +20,12 @@ def data_synth(
     lengths: str = typer.Option(
         "short", help="List lengths: short (4-120 documents a query) or mslr (MSLR-WEB30K's: 1-1,251, mean ~120)."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the fold files --out already holds."),
 ):
     """Write a synthetic MSLR-shaped Fold directory (136 features, 5 conflicting objectives)."""
     from ..data.synthetic import LENGTHS, write_fold
 
     if lengths not in LENGTHS:
         raise ValueError(f"--lengths must be one of {', '.join(LENGTHS)}, got {lengths!r}")
-    path = write_fold(out, queries, seed, **LENGTHS[lengths])
+    path = write_fold(out, queries, seed, overwrite, **LENGTHS[lengths])
     typer.echo(f"wrote {path}/train.txt, vali.txt, test.txt ({queries} queries)")

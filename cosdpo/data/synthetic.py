@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_file
 from .letor import FOLD_FILES
 from .objectives import MSLR_N_FEATURES
 
@@ -88,15 +89,24 @@ def generate(
 
 
 def write_letor(path, X, labels, qid):
-    """Write rows in LETOR text form: ``label qid:Q 1:v ... F:v``."""
+    """Write rows in LETOR text form: ``label qid:Q 1:v ... F:v`` (whole or not at all)."""
     fmt = "%d qid:%d " + " ".join(f"{j}:%.6g" for j in range(1, X.shape[1] + 1))
     rows = np.concatenate([labels[:, None], qid[:, None], X], axis=1)
-    np.savetxt(path, rows, fmt=fmt)
+    with atomic_file(path) as f:
+        np.savetxt(f, rows, fmt=fmt)
 
 
-def write_fold(out_dir, n_queries: int = 1000, seed: int = 0, **kwargs) -> Path:
-    """Write a Fold-style directory (train/vali/test split 60/20/20 by query)."""
+def write_fold(out_dir, n_queries: int = 1000, seed: int = 0, overwrite: bool = False, **kwargs) -> Path:
+    """Write a Fold-style directory (train/vali/test split 60/20/20 by query).
+
+    Refuses a folder that already holds a fold file unless ``overwrite``: pointed by mistake at a real
+    MSLR Fold, it would replace the user's data with synthetic rows."""
     out = Path(out_dir)
+    held = [name for name in FOLD_FILES.values() if (out / name).exists()]
+    if held and not overwrite:
+        raise FileExistsError(
+            f"{out} already holds {', '.join(held)}: pass --overwrite to replace them, or choose another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     X, labels, qid = generate(n_queries, seed, **kwargs)
     perm = np.random.default_rng(seed + 1).permutation(np.arange(1, n_queries + 1))

@@ -18,6 +18,7 @@ reference pass (later epochs do not pay it again).
 """
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -52,13 +53,21 @@ def pairs_for(path, tokenizer, n, length):
     raise SystemExit("not enough short pairs")
 
 
+def now() -> float:
+    """The time once the GPU has finished what was queued: CUDA calls return before their kernels run, so
+    a step timed without waiting would read its launch overhead, not its work."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def clocked(fn, into):
     """``fn``, appending the seconds of each call to ``into``."""
 
     def run(*a, **k):
-        t = time.perf_counter()
+        t = now()
         out = fn(*a, **k)
-        into.append(time.perf_counter() - t)
+        into.append(now() - t)
         return out
 
     return run
@@ -78,10 +87,10 @@ def time_trl(model_name, rows, batch, length, steps, checkpointing, device="cpu"
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            self.t = time.perf_counter()
+            self.t = now()
 
         def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.t)
+            times.append(now() - self.t)
 
     args = DPOConfig(
         output_dir="/tmp/trl-bench",
@@ -173,6 +182,10 @@ if __name__ == "__main__":
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="both trainers' precision")
     ap.add_argument("--quick", action="store_true", help="2 steps of 2 pairs of at most 96 tokens")
     a = ap.parse_args()
+    if a.device == "cpu":  # ours trains wherever Accelerate finds a device: hide the GPU from both trainers
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif not torch.cuda.is_available():
+        raise SystemExit("trl_step: no CUDA device visible to torch (use --device cpu)")
     if a.quick:
         a.batch, a.length, a.steps = 2, 96, 2
     torch.manual_seed(0)

@@ -351,3 +351,13 @@ def test_atomic_writes_get_the_permissions_a_plain_write_gets(tmp_path):
         (d / "weights").write_text("x")
     mode = lambda name: (tmp_path / name).stat().st_mode & 0o777  # noqa: E731
     assert mode("result.json") == mode("plain.json") and mode("model") == mode("plain")
+
+
+def test_a_warning_is_one_line_said_once(tiny_fold, tmp_path, monkeypatch):
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("COSDPO_CACHE", str(tmp_path / "not-a-folder"))  # the parse cache cannot be written
+    out = cli(["ltr", "train-base", "--data", tiny_fold, "--out", tmp_path / "b", "--epochs", "1", *SMALL], code=0)
+    said = [line for line in out.splitlines() if "could not cache" in line]
+    # train.txt is read twice (its width, then its rows): still one line
+    assert len(said) == 2 and all(line.startswith("warning: ") for line in said), out
+    assert "UserWarning" not in out and (tmp_path / "b" / "config.json").is_file()

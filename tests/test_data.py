@@ -51,6 +51,23 @@ def test_real_mslr_sample_schema_and_split():
     assert tr.aux.min() >= 0 and tr.aux.max() <= 4
 
 
+def test_a_damaged_or_unwritable_cache_costs_a_parse_not_the_run(tmp_path, monkeypatch):
+    path = write_fold(tmp_path / "f", n_queries=5, seed=0) / "train.txt"
+    first = read_letor(path)
+    cached = letor._cache_path(path)
+    (cached / "X.npy").write_bytes(b"not an array")  # damaged: parsed again, and the cache rewritten
+    again = read_letor(path)
+    np.testing.assert_array_equal(first.X, again.X)
+    assert isinstance(read_letor(path).X, np.memmap)
+    np.save(cached / "y.npy", first.y[:-1])  # arrays that disagree in length: parsed again
+    np.testing.assert_array_equal(read_letor(path).y, first.y)
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("COSDPO_CACHE", str(tmp_path / "not-a-folder"))  # the cache cannot be written
+    with pytest.warns(UserWarning, match="could not cache the parsed rows"):
+        uncached = read_letor(path)
+    np.testing.assert_array_equal(first.X, uncached.X)
+
+
 def test_cache_skips_the_parser(tmp_path, monkeypatch):
     path = write_fold(tmp_path / "f", n_queries=5, seed=0) / "train.txt"
     first = read_letor(path)

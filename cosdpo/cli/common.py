@@ -1,8 +1,9 @@
-"""What every command shares: one-line errors and the parsing of comma-separated lists."""
+"""What every command shares: one-line errors and warnings, and the parsing of comma-separated lists."""
 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Optional
 
 import typer
@@ -11,15 +12,25 @@ USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, NotADirectoryErro
 
 
 def friendly(fn):
-    """Bad input ends in one clear line on stderr and exit code 2, not a traceback."""
+    """Bad input ends in one clear line on stderr and exit code 2, not a traceback; a warning is one
+    ``warning:`` line, said once, not a source path and the line of code that raised it."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as exc:
-            typer.secho(f"error: {exc}", fg="red", err=True)
-            raise typer.Exit(2) from None
+        said = set()
+
+        def say(message, category, filename, lineno, file=None, line=None):
+            if str(message) not in said:
+                said.add(str(message))
+                typer.secho(f"warning: {message}", fg="yellow", err=True)
+
+        with warnings.catch_warnings():
+            warnings.showwarning = say
+            try:
+                return fn(*args, **kwargs)
+            except USER_ERRORS as exc:
+                typer.secho(f"error: {exc}", fg="red", err=True)
+                raise typer.Exit(2) from None
 
     return wrapper
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,8 +198,9 @@ def read_letor(path, n_features: int | None = None, max_label: int | None = 4, c
     if not path.is_file():
         raise DataError(path, "no such file")
     cpath = _cache_path(path) if cache else None
-    if cpath is not None and (cpath / "X.npy").exists():
-        X, y, qid = (np.load(cpath / f"{name}.npy", mmap_mode="r") for name in ("X", "y", "qid"))
+    cached = _read_cache(cpath) if cpath is not None else None
+    if cached is not None:
+        X, y, qid = cached
     else:
         Xs, y, qid = _parse(path)
         bad = ~np.isfinite(Xs.data)
@@ -208,9 +210,7 @@ def read_letor(path, n_features: int | None = None, max_label: int | None = 4, c
         X = Xs.toarray()
         del Xs
         if cpath is not None:
-            with atomic_dir(cpath) as tmp:
-                for name, values in (("X", X), ("y", y), ("qid", qid)):
-                    np.save(tmp / f"{name}.npy", values)
+            _write_cache(path, cpath, X, y, qid)
     _check_labels(path, y, max_label)
     if n_features is not None and X.shape[1] > n_features:
         rows = np.flatnonzero(np.any(X[:, n_features:] != 0, axis=1))
@@ -221,6 +221,32 @@ def read_letor(path, n_features: int | None = None, max_label: int | None = 4, c
     if n_features is not None and X.shape[1] < n_features:
         X = np.pad(X, ((0, 0), (0, n_features - X.shape[1])))
     return LetorFile(str(path), X, y, qid)
+
+
+def _read_cache(cpath: Path):
+    """(X, y, qid) memory-mapped from the cache, or None when absent or unreadable: a damaged cache
+    costs a parse, never the run."""
+    if not (cpath / "X.npy").exists():
+        return None
+    try:
+        X, y, qid = (np.load(cpath / f"{name}.npy", mmap_mode="r") for name in ("X", "y", "qid"))
+    except (OSError, ValueError):
+        return None
+    return (X, y, qid) if X.ndim == 2 and len(X) == len(y) == len(qid) else None
+
+
+def _write_cache(path: Path, cpath: Path, X, y, qid):
+    """Cache the parsed arrays; where that fails (a full disk, a read-only home), say so and go on."""
+    try:
+        with atomic_dir(cpath) as tmp:
+            for name, values in (("X", X), ("y", y), ("qid", qid)):
+                np.save(tmp / f"{name}.npy", values)
+    except OSError as exc:
+        warnings.warn(
+            f"{path}: could not cache the parsed rows in {cpath.parent} ({exc.strerror or exc}); the next load "
+            "parses the file again (COSDPO_CACHE names another cache folder)",
+            stacklevel=3,
+        )
 
 
 def _check_labels(path: Path, y: np.ndarray, max_label: int | None):

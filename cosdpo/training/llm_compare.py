@@ -13,9 +13,9 @@
 
 Every model trains through ``finetune_llm`` with the same settings and, by
 default, the same step budget (``budget_ratio`` sizes Weight-COS-DPO's from
-DPO-LS's instead, as ``ltr compare`` does); ``train_seconds`` sums the wall time of all training a front needs
-(the single-objective policies that Soup and MO-DPO share are trained once,
-and counted in each method's time).
+DPO-LS's instead, as ``ltr compare`` does); ``train_seconds`` sums the wall
+time of all training a front needs (the single-objective policies that Soup
+and MO-DPO share are trained once, and counted in each method's time).
 """
 
 from __future__ import annotations

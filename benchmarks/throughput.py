@@ -35,7 +35,7 @@ from accelerate import Accelerator
 from cosdpo.data import RankingSet, make_schema, write_fold
 from cosdpo.evaluation.front import score_base
 from cosdpo.models.ranker import BaseRanker, ConditionedRanker, ScorerConfig
-from cosdpo.training.loop import TrainConfig, train_step
+from cosdpo.training.loop import TrainConfig, keep_freed_memory, train_step
 from cosdpo.training.ltr import FinetuneConfig, ListNetTask, WeightCOSTask
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -211,6 +211,8 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.queries, args.steps, args.batch_size = 100, 3, 8
+    if args.device == "cpu":
+        keep_freed_memory()  # as every CPU training run does (training/loop.py)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         fold = args.data or write_fold(Path(tmp) / "d", args.queries, 0)

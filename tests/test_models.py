@@ -4,6 +4,7 @@ import torch
 
 from cosdpo import score_items
 from cosdpo.data import make_schema
+from cosdpo.models.dropout import Dropout, dropout
 from cosdpo.models.ranker import BaseRanker, ConditionedRanker, ListTransformer, ScorerConfig, load_ranker, save_ranker
 
 SCHEMA = make_schema(136, ["quality1", "quality2"])
@@ -131,3 +132,54 @@ def test_attention_dropout_is_its_own_option():
     torch.testing.assert_close(quiet(x, mask), quiet.eval()(x, mask), rtol=1e-5, atol=1e-5)
     noisy = ListTransformer(5, ScorerConfig(d_model=16, n_heads=2, dropout=0.0, attn_dropout=0.5)).train()
     assert not torch.allclose(noisy(x, mask), noisy(x, mask))
+
+
+def test_dropout_keeps_its_rate_and_expectation():
+    """The 16-bit mask keeps round(0.9 * 2^16) / 2^16 of the elements, each scaled by its inverse, so the
+    mean is kept exactly in expectation; the four elements cut from one 64-bit draw are independent."""
+    torch.manual_seed(0)
+    p, n = 0.1, 1 << 20
+    y = dropout(torch.ones(n), p)
+    keep = round(0.9 * 65536) / 65536
+    kept = y != 0
+    assert torch.all(y[kept] == 1 / keep)
+    assert abs(kept.double().mean().item() - keep) < 5 * (keep * (1 - keep) / n) ** 0.5
+    # pairs of neighbours from the same draw, and from neighbouring draws: both kept at keep^2
+    for a, b in ((kept[0::4], kept[1::4]), (kept[3::4], kept[4::4])):
+        both = (a[: len(b)] & b).double().mean().item()
+        assert abs(both - keep**2) < 5 * (keep**2 * (1 - keep**2) / len(b)) ** 0.5
+    # a rate near 0 or 1 still keeps its mean
+    for p in (0.5, 0.999):
+        z = dropout(torch.ones(n), p)
+        assert abs(z.double().mean().item() - 1) < 5 * (p / (1 - p) / n) ** 0.5
+
+
+def test_dropout_gradient_is_its_mask_and_follows_the_seed():
+    x = torch.randn(7, 33, requires_grad=True)
+    g = torch.randn(7, 33)
+    torch.manual_seed(3)
+    y = dropout(x, 0.3)
+    y.backward(g)
+    torch.testing.assert_close(x.grad, g * (y / x).detach(), rtol=1e-6, atol=0)  # the forward's mask
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, 0.3), y)
+    assert not torch.equal(dropout(x, 0.3), y)  # the generator moved on
+    assert torch.equal(dropout(x, 0.3, training=False), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    assert dropout(x.detach().bfloat16(), 0.3).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        dropout(x, 1.0)
+
+
+def test_rankers_draw_the_cheap_masks():
+    """Every dropout of the list transformer's residual and feed-forward paths is the cheap one, and draws
+    from torch's generator: a seed repeats a training-mode forward."""
+    net = ListTransformer(5, ScorerConfig(d_model=16, n_heads=2, dropout=0.3)).train()
+    drops = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(drops) == 2 * 3 and all(type(m) is Dropout for m in drops)
+    x, mask = torch.randn(3, 9, 5), torch.ones(3, 9, dtype=torch.bool)
+    torch.manual_seed(1)
+    first = net(x, mask)
+    torch.manual_seed(1)
+    assert torch.equal(net(x, mask), first)
+    assert not torch.equal(net(x, mask), first)

@@ -29,6 +29,7 @@ from ..atomic import atomic_file, check_format, write_json
 from ..config import option
 from ..data.objectives import Schema
 from ..simplex import dirichlet_standardiser
+from .dropout import Dropout
 
 PARAMETRISATIONS = ("scratch", "augment")
 METHODS = ("wcos", "tcos", "fixed")  # fixed: unconditioned (baselines), w is ignored
@@ -107,6 +108,8 @@ class ListTransformer(nn.Module):
         # tensors; without it, a fused kernel that never holds them. A batch of 32 lists of 1,251
         # documents (MSLR's longest) then trains 4x faster in a quarter of the memory.
         layer.self_attn.dropout = cfg.attn_dropout
+        # torch draws CPU dropout masks on one core, a fifth of a training step (models/dropout.py)
+        layer.dropout, layer.dropout1, layer.dropout2 = (Dropout(cfg.dropout) for _ in range(3))
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         # no biases at the output: listwise losses ignore a shift shared by all
         # items, so such a bias would get pure rounding noise as its gradient

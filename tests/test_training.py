@@ -457,7 +457,8 @@ print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 1
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
 def test_training_keeps_freed_memory_for_the_next_step():
     """By default glibc hands a step's freed activations back to the kernel and the next step faults
-    them in again, page by page; after keep_freed_memory (which every CPU training run calls) it does not."""
+    them in again, page by page (all of them or about a tenth, as its adaptive thresholds happen to
+    settle); after keep_freed_memory (which every CPU training run calls) it does not."""
 
     def faults(mode):
         out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
@@ -465,6 +466,6 @@ def test_training_keeps_freed_memory_for_the_next_step():
         return applied, float(per_step)
 
     pages = 48 * (2 << 20) // os.sysconf("SC_PAGE_SIZE")
-    assert faults("default")[1] > pages / 2
+    assert faults("default")[1] > pages / 20
     applied, per_step = faults("keep")
-    assert applied == "True" and per_step < pages / 50
+    assert applied == "True" and per_step < pages / 200

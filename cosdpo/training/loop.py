@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import functools
 import importlib.util
 import json
 import math
@@ -185,6 +186,7 @@ def finish_run(out: Path, acc: Accelerator, save, metrics: dict, state: TrainSta
     return metrics
 
 
+@functools.cache  # process-wide: set once, however many models a job trains
 def keep_freed_memory() -> bool:
     """Let glibc's malloc keep the memory a training step frees, for the next step to reuse.
 
